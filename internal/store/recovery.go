@@ -1,0 +1,84 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"time"
+)
+
+// Statements of the recovery pass. Both read only the pool's running rows
+// (bounded by MaxParallelism), never the backlog.
+
+func init() {
+	// lostAttempts finds claimed attempts whose worker's lease expired (or
+	// whose worker row is gone) or whose deadline passed by more than the
+	// grace period, and that have no result queued yet. Unclaimed rows are
+	// left alone: no live process has registered their function.
+	register("lostAttempts", `
+SELECT r.work_id, r.attempt,
+       CASE WHEN r.deadline < now() - $3 * interval '1 millisecond' THEN 'timed out' ELSE 'worker lost' END
+  FROM {s}.running r
+  LEFT JOIN {s}.workers k ON k.id = r.claimed_by
+ WHERE r.pool = $1 AND r.claimed_by IS NOT NULL
+   AND (k.id IS NULL
+        OR k.heartbeat_at < now() - $2 * interval '1 millisecond'
+        OR r.deadline < now() - $3 * interval '1 millisecond')
+   AND NOT EXISTS (SELECT 1 FROM {s}.pending_completion pc WHERE pc.work_id = r.work_id)
+ ORDER BY r.work_id
+ LIMIT $4`)
+
+	// deleteOrphans removes running rows no completion will ever clear: the
+	// work is gone, finished, or already past this attempt, and no result
+	// for it is queued.
+	register("deleteOrphans", `
+DELETE FROM {s}.running r
+ WHERE r.pool = $1
+   AND NOT EXISTS (SELECT 1 FROM {s}.work w
+                    WHERE w.id = r.work_id AND w.attempts = r.attempt AND w.result IS NULL)
+   AND NOT EXISTS (SELECT 1 FROM {s}.pending_completion pc WHERE pc.work_id = r.work_id)
+RETURNING r.work_id`)
+}
+
+// Lost is an attempt recovery will complete as failed.
+type Lost struct {
+	WorkID  int64
+	Attempt int
+	Reason  string // "worker lost" or "timed out"
+}
+
+// LostAttempts lists up to limit lost attempts of the pool.
+func (s *Store) LostAttempts(ctx context.Context, q Querier, pool string, lease, grace time.Duration, limit int) ([]Lost, error) {
+	var out []Lost
+	err := collect(ctx, q, s.sql("lostAttempts"), []any{pool, lease.Milliseconds(), grace.Milliseconds(), limit},
+		func(r *sql.Rows) error {
+			var l Lost
+			if err := r.Scan(&l.WorkID, &l.Attempt, &l.Reason); err != nil {
+				return err
+			}
+			out = append(out, l)
+			return nil
+		})
+	if err != nil {
+		return nil, fmt.Errorf("lost attempts: %w", err)
+	}
+	return out, nil
+}
+
+// DeleteOrphans deletes running rows that no completion will clear and
+// returns their work ids.
+func (s *Store) DeleteOrphans(ctx context.Context, q Querier, pool string) ([]int64, error) {
+	var out []int64
+	err := collect(ctx, q, s.sql("deleteOrphans"), []any{pool}, func(r *sql.Rows) error {
+		var id int64
+		if err := r.Scan(&id); err != nil {
+			return err
+		}
+		out = append(out, id)
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("delete orphans: %w", err)
+	}
+	return out, nil
+}

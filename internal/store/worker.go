@@ -1,0 +1,301 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"time"
+)
+
+// Statements run by worker processes: claiming started work, recording the
+// results of attempts (also used by recovery), running onComplete later
+// ("finishing"), releasing claims and heartbeats.
+
+func init() {
+	register("registerWorker", `
+INSERT INTO {s}.workers (pool, host, pid) VALUES ($1, $2, $3) RETURNING id`)
+	register("heartbeat", `UPDATE {s}.workers SET heartbeat_at = now() WHERE id = $1`)
+	register("deregisterWorker", `DELETE FROM {s}.workers WHERE id = $1`)
+
+	// The heartbeat rides along with a claim when it is due, so that a
+	// process that was idle for longer than the lease is not declared lost
+	// the moment it takes work.
+	register("claim", `
+WITH hb AS (
+    UPDATE {s}.workers SET heartbeat_at = now() WHERE id = $4 AND $5
+), c AS (
+    SELECT work_id FROM {s}.running
+     WHERE pool = $1 AND claimed_by IS NULL AND fn_name = ANY($2::text[])
+     LIMIT $3
+       FOR UPDATE SKIP LOCKED
+), u AS (
+    UPDATE {s}.running r
+       SET claimed_by = $4, claimed_at = now(), deadline = now() + r.timeout_ms * interval '1 millisecond'
+      FROM c WHERE r.work_id = c.work_id
+    RETURNING r.work_id, r.attempt, r.fn_name, r.timeout_ms
+)
+SELECT u.work_id, u.attempt, u.fn_name, u.timeout_ms, COALESCE(w.args::text, ''), COALESCE(w.label, ''),
+       COALESCE(w.canceled, false), w.id IS NOT NULL
+  FROM u LEFT JOIN {s}.work w ON w.id = u.work_id`)
+
+	// recordResults fences each result on work.attempts, decides retry or
+	// terminal, deletes terminal work that has no onComplete, marks terminal
+	// work with an onComplete as finishing (result set), bumps attempts of
+	// retried work, and queues a pending_completion for the loop. Results of
+	// stale attempts match nothing and are left out of the returned rows.
+	register("recordResults", `
+WITH r AS (
+    SELECT * FROM unnest($2::bigint[], $3::int[], $4::text[], $5::text[], $6::bool[], $7::text[], $8::bigint[])
+        AS r(work_id, attempt, status, error, nonretryable, value, run_ms)
+), cls AS (
+    SELECT r.work_id, r.attempt, r.run_ms, NULLIF(r.error, '') AS error, NULLIF(r.value, '') AS value,
+           w.on_complete IS NOT NULL AS has_on_complete,
+           (r.status = 'failed' AND NOT r.nonretryable AND NOT w.canceled
+                AND w.attempts + 1 < w.max_attempts) AS retry,
+           CASE WHEN r.status = 'failed' AND w.canceled THEN 'canceled' ELSE r.status END AS status
+      FROM r JOIN {s}.work w ON w.id = r.work_id AND w.pool = $1 AND w.attempts = r.attempt AND w.result IS NULL
+), del AS (
+    DELETE FROM {s}.work w USING cls
+     WHERE w.id = cls.work_id AND w.attempts = cls.attempt AND w.result IS NULL
+       AND NOT cls.retry AND NOT cls.has_on_complete
+    RETURNING w.id, w.attempts + 1 AS attempts
+), upd AS (
+    UPDATE {s}.work w
+       SET attempts = w.attempts + 1,
+           result = CASE WHEN cls.retry THEN NULL
+                    ELSE jsonb_build_object('status', cls.status, 'error', cls.error, 'value', cls.value::jsonb) END,
+           finish_after = CASE WHEN cls.retry THEN NULL ELSE now() END
+      FROM cls
+     WHERE w.id = cls.work_id AND w.attempts = cls.attempt AND w.result IS NULL
+       AND (cls.retry OR cls.has_on_complete)
+    RETURNING w.id, w.attempts, w.on_complete, w.on_complete_context
+), fenced AS (
+    SELECT id, attempts, NULL::text AS on_complete, NULL::jsonb AS ctx FROM del
+    UNION ALL
+    SELECT id, attempts, on_complete, on_complete_context FROM upd
+), pc AS (
+    INSERT INTO {s}.pending_completion (pool, segment, work_id, attempt, status, error, retry, run_ms)
+    SELECT $1, {now}, cls.work_id, cls.attempt, cls.status, cls.error, cls.retry, cls.run_ms
+      FROM cls JOIN fenced f ON f.id = cls.work_id
+), lk AS (
+    SELECT pg_advisory_xact_lock_shared($9) AS locked
+)
+SELECT f.id, f.attempts, cls.status, cls.retry, COALESCE(f.on_complete, ''), COALESCE(f.ctx::text, '')
+  FROM fenced f JOIN cls ON cls.work_id = f.id, lk`)
+
+	register("finishDelete", `
+DELETE FROM {s}.work WHERE id = ANY($1::bigint[]) AND result IS NOT NULL`)
+
+	register("finishFailed", `
+UPDATE {s}.work
+   SET finish_attempts = finish_attempts + 1,
+       finish_error = $2,
+       finish_after = CASE WHEN finish_attempts + 1 >= $3 THEN NULL
+                      ELSE now() + $4 * interval '1 millisecond' END
+ WHERE id = $1 AND result IS NOT NULL
+RETURNING finish_attempts, finish_after IS NULL`)
+
+	register("claimFinishing", `
+SELECT id, fn_name, label, attempts, on_complete, COALESCE(on_complete_context::text, ''), result::text,
+       finish_attempts
+  FROM {s}.work
+ WHERE pool = $1 AND result IS NOT NULL AND finish_after <= now() AND on_complete = ANY($2::text[])
+ ORDER BY finish_after
+ LIMIT $3
+   FOR UPDATE SKIP LOCKED`)
+
+	register("nextFinishing", `
+SELECT EXTRACT(epoch FROM min(finish_after) - now()) * 1000
+  FROM {s}.work
+ WHERE pool = $1 AND result IS NOT NULL AND finish_after IS NOT NULL AND on_complete = ANY($2::text[])`)
+
+	register("release", `
+UPDATE {s}.running SET claimed_by = NULL, claimed_at = NULL, deadline = NULL
+ WHERE pool = $1 AND claimed_by = $2 AND work_id = ANY($3::bigint[])`)
+
+	register("canceledAmong", `
+SELECT id FROM {s}.work WHERE id = ANY($1::bigint[]) AND canceled`)
+}
+
+// RegisterWorker records a live worker process and returns its id.
+func (s *Store) RegisterWorker(ctx context.Context, q Querier, pool, host string, pid int) (int64, error) {
+	var id int64
+	if err := q.QueryRowContext(ctx, s.sql("registerWorker"), pool, host, pid).Scan(&id); err != nil {
+		return 0, fmt.Errorf("register worker: %w", err)
+	}
+	return id, nil
+}
+
+// Heartbeat extends a worker's lease.
+func (s *Store) Heartbeat(ctx context.Context, q Querier, workerID int64) error {
+	_, err := q.ExecContext(ctx, s.sql("heartbeat"), workerID)
+	return err
+}
+
+// DeregisterWorker removes a worker row on a clean stop.
+func (s *Store) DeregisterWorker(ctx context.Context, q Querier, workerID int64) error {
+	_, err := q.ExecContext(ctx, s.sql("deregisterWorker"), workerID)
+	return err
+}
+
+// Claimed is one started attempt a worker took.
+type Claimed struct {
+	WorkID      int64
+	Attempt     int
+	Fn          string
+	Timeout     time.Duration
+	Args        string
+	Label       string
+	Canceled    bool // canceled before the worker claimed it
+	WorkMissing bool // the work row is gone (a bug elsewhere); report and skip
+}
+
+// Claim takes up to limit unclaimed running rows of the given functions for
+// workerID, refreshing its heartbeat first when refreshHeartbeat is set.
+func (s *Store) Claim(ctx context.Context, q Querier, pool string, fns []string, limit int, workerID int64, refreshHeartbeat bool) ([]Claimed, error) {
+	var out []Claimed
+	err := collect(ctx, q, s.sql("claim"), []any{pool, fns, limit, workerID, refreshHeartbeat}, func(r *sql.Rows) error {
+		var c Claimed
+		var timeoutMs int64
+		var exists bool
+		if err := r.Scan(&c.WorkID, &c.Attempt, &c.Fn, &timeoutMs, &c.Args, &c.Label, &c.Canceled, &exists); err != nil {
+			return err
+		}
+		c.Timeout = time.Duration(timeoutMs) * time.Millisecond
+		c.WorkMissing = !exists
+		out = append(out, c)
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("claim: %w", err)
+	}
+	return out, nil
+}
+
+// Result is the outcome of one attempt as a worker or recovery saw it.
+type Result struct {
+	WorkID       int64
+	Attempt      int
+	Status       string // "success", "failed" or "canceled"
+	Error        string
+	NonRetryable bool
+	Value        string // JSON text of a success value, "" for none
+	RunMs        int64
+}
+
+// Recorded is a result that passed the attempt fence.
+type Recorded struct {
+	WorkID   int64
+	Attempts int    // attempts completed, including this one
+	Status   string // final status: a failure of canceled work becomes "canceled"
+	Retry    bool
+	// OnComplete and Context are set when the work is now finishing: its
+	// onComplete must commit before the work row is deleted.
+	OnComplete string
+	Context    string
+}
+
+// RecordResults applies attempt results in one statement (see the SQL for
+// the rules) and takes the shared kick lock. Results for stale attempts are
+// absent from the returned slice. Each work id must appear at most once.
+func (s *Store) RecordResults(ctx context.Context, q Querier, pool string, results []Result, kickLock int64) ([]Recorded, error) {
+	n := len(results)
+	ids, attempts, statuses := make([]int64, n), make([]int32, n), make([]string, n)
+	errs, nonRetry, values, runMs := make([]string, n), make([]bool, n), make([]string, n), make([]int64, n)
+	for i, r := range results {
+		ids[i], attempts[i], statuses[i] = r.WorkID, int32(r.Attempt), r.Status
+		errs[i], nonRetry[i], values[i], runMs[i] = r.Error, r.NonRetryable, r.Value, r.RunMs
+	}
+	var out []Recorded
+	err := collect(ctx, q, s.sql("recordResults"),
+		[]any{pool, ids, attempts, statuses, errs, nonRetry, values, runMs, kickLock},
+		func(r *sql.Rows) error {
+			var rec Recorded
+			if err := r.Scan(&rec.WorkID, &rec.Attempts, &rec.Status, &rec.Retry, &rec.OnComplete, &rec.Context); err != nil {
+				return err
+			}
+			out = append(out, rec)
+			return nil
+		})
+	if err != nil {
+		return nil, fmt.Errorf("record results: %w", err)
+	}
+	return out, nil
+}
+
+// FinishDelete deletes finishing work whose onComplete committed in the same
+// transaction: the terminal state.
+func (s *Store) FinishDelete(ctx context.Context, q Querier, ids []int64) error {
+	_, err := q.ExecContext(ctx, s.sql("finishDelete"), ids)
+	return err
+}
+
+// FinishFailed records a failed onComplete attempt. After maxAttempts the
+// row keeps its result and error but is no longer retried (gaveUp).
+func (s *Store) FinishFailed(ctx context.Context, q Querier, workID int64, errText string, maxAttempts int, backoff time.Duration) (attempts int, gaveUp bool, err error) {
+	err = q.QueryRowContext(ctx, s.sql("finishFailed"), workID, errText, maxAttempts, backoff.Milliseconds()).Scan(&attempts, &gaveUp)
+	return attempts, gaveUp, err
+}
+
+// Finishing is a work item waiting for its onComplete.
+type Finishing struct {
+	WorkID         int64
+	Fn, Label      string
+	Attempts       int
+	OnComplete     string
+	Context        string
+	Result         string // {"status":..., "error":..., "value":...}
+	FinishAttempts int
+}
+
+// ClaimFinishing locks up to limit due finishing items whose onComplete is
+// one of handlers. The locks last until the transaction ends.
+func (s *Store) ClaimFinishing(ctx context.Context, q Querier, pool string, handlers []string, limit int) ([]Finishing, error) {
+	var out []Finishing
+	err := collect(ctx, q, s.sql("claimFinishing"), []any{pool, handlers, limit}, func(r *sql.Rows) error {
+		var f Finishing
+		if err := r.Scan(&f.WorkID, &f.Fn, &f.Label, &f.Attempts, &f.OnComplete, &f.Context, &f.Result, &f.FinishAttempts); err != nil {
+			return err
+		}
+		out = append(out, f)
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("claim finishing: %w", err)
+	}
+	return out, nil
+}
+
+// NextFinishing returns how long until the earliest finishing item of the
+// given handlers is due (negative if overdue), and false if there is none.
+func (s *Store) NextFinishing(ctx context.Context, q Querier, pool string, handlers []string) (time.Duration, bool, error) {
+	var ms sql.NullFloat64
+	if err := q.QueryRowContext(ctx, s.sql("nextFinishing"), pool, handlers).Scan(&ms); err != nil {
+		return 0, false, fmt.Errorf("next finishing: %w", err)
+	}
+	if !ms.Valid {
+		return 0, false, nil
+	}
+	return time.Duration(ms.Float64 * float64(time.Millisecond)), true, nil
+}
+
+// Release un-claims attempts a stopping worker gives up, so another process
+// can claim them at once instead of after the lease expires.
+func (s *Store) Release(ctx context.Context, q Querier, pool string, workerID int64, ids []int64) error {
+	_, err := q.ExecContext(ctx, s.sql("release"), pool, workerID, ids)
+	return err
+}
+
+// CanceledAmong returns which of ids have been marked canceled.
+func (s *Store) CanceledAmong(ctx context.Context, q Querier, ids []int64) ([]int64, error) {
+	var out []int64
+	err := collect(ctx, q, s.sql("canceledAmong"), []any{ids}, func(r *sql.Rows) error {
+		var id int64
+		if err := r.Scan(&id); err != nil {
+			return err
+		}
+		out = append(out, id)
+		return nil
+	})
+	return out, err
+}

@@ -1,0 +1,351 @@
+package loop
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/pgworkpool/pgworkpool/internal/store"
+	"github.com/pgworkpool/pgworkpool/stats"
+)
+
+// Defaults for [DriverConfig].
+const (
+	// HealthcheckIntervalDefault is how often a process that does not lead
+	// checks, while the pool has work, that a leader is alive. It bounds
+	// failover after a leader dies without releasing its lock cleanly.
+	HealthcheckIntervalDefault = 2 * time.Second
+	// IterationTimeoutDefault bounds one iteration so a wedged query cannot
+	// stall the loop forever.
+	IterationTimeoutDefault = 30 * time.Second
+	// ReconnectBackoffMaxDefault caps the wait between attempts to
+	// re-establish the LISTEN connection.
+	ReconnectBackoffMaxDefault = 5 * time.Second
+)
+
+// DriverConfig configures a [Driver].
+type DriverConfig struct {
+	Loop *Loop
+	// ConnConfig opens the driver's dedicated LISTEN connection, which also
+	// holds the leader lock: if this process dies, Postgres drops the
+	// connection and the lock with it.
+	ConnConfig *pgx.ConnConfig
+	Logger     *stats.Logger
+	// OnSignal receives worker signals (store.Signal* letters other than
+	// the kick). It is called after every (re)connect with all of them,
+	// because notifications may have been missed. It must not block.
+	OnSignal func(signals string)
+
+	HealthcheckInterval time.Duration
+	IterationTimeout    time.Duration
+	ReconnectBackoffMax time.Duration
+}
+
+// Driver runs a pool's loop in one process: it listens for kicks, competes
+// for leadership, and while it leads runs iterations and keeps the timer for
+// a scheduled wake-up. Every started process runs one; at most one of them
+// iterates at a time.
+type Driver struct {
+	cfg    DriverConfig
+	kickCh chan struct{}
+
+	leader     atomic.Bool
+	iterations atomic.Int64
+}
+
+// NewDriver returns a driver; call Run to start it.
+func NewDriver(cfg DriverConfig) *Driver {
+	if cfg.HealthcheckInterval <= 0 {
+		cfg.HealthcheckInterval = HealthcheckIntervalDefault
+	}
+	if cfg.IterationTimeout <= 0 {
+		cfg.IterationTimeout = IterationTimeoutDefault
+	}
+	if cfg.ReconnectBackoffMax <= 0 {
+		cfg.ReconnectBackoffMax = ReconnectBackoffMaxDefault
+	}
+	if cfg.OnSignal == nil {
+		cfg.OnSignal = func(string) {}
+	}
+	return &Driver{cfg: cfg, kickCh: make(chan struct{}, 1)}
+}
+
+// Leader reports whether this process currently runs the pool's loop.
+func (d *Driver) Leader() bool { return d.leader.Load() }
+
+// Iterations counts the iterations this driver has run (including stale
+// ones); tests use it to see which process leads.
+func (d *Driver) Iterations() int64 { return d.iterations.Load() }
+
+// Kick asks the driver to run an iteration soon. Producers in this process
+// call it after their own commit to skip the NOTIFY round trip; it is a
+// no-op unless this process leads.
+func (d *Driver) Kick() {
+	select {
+	case d.kickCh <- struct{}{}:
+	default:
+	}
+}
+
+// Run drives the loop until ctx is done, then releases leadership (and
+// tells the other processes, so one of them takes over at once).
+func (d *Driver) Run(ctx context.Context) {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		d.runIterations(ctx)
+	}()
+	d.listen(ctx)
+	<-done
+}
+
+// listen keeps the LISTEN connection up for the driver's lifetime.
+func (d *Driver) listen(ctx context.Context) {
+	log := d.cfg.Logger
+	backoff := 100 * time.Millisecond
+	for ctx.Err() == nil {
+		conn, err := d.connect(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			log.Warn(ctx, "loop: listen connection failed, retrying", "error", err, "backoff", backoff)
+			sleep(ctx, backoff)
+			backoff = min(2*backoff, d.cfg.ReconnectBackoffMax)
+			continue
+		}
+		backoff = 100 * time.Millisecond
+		err = d.serve(ctx, conn)
+		d.leader.Store(false)
+		closeCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		if ctx.Err() != nil {
+			d.handOver(closeCtx, conn)
+		}
+		_ = conn.Close(closeCtx)
+		cancel()
+		if ctx.Err() == nil {
+			log.Warn(ctx, "loop: listen connection lost, reconnecting", "error", err)
+		}
+	}
+}
+
+func (d *Driver) connect(ctx context.Context) (*pgx.Conn, error) {
+	conn, err := pgx.ConnectConfig(ctx, d.cfg.ConnConfig.Copy())
+	if err != nil {
+		return nil, err
+	}
+	if _, err := conn.Exec(ctx, "LISTEN "+pgx.Identifier{d.cfg.Loop.keys.Channel}.Sanitize()); err != nil {
+		_ = conn.Close(ctx)
+		return nil, err
+	}
+	return conn, nil
+}
+
+// serve handles one connection's notifications until it fails or ctx ends.
+func (d *Driver) serve(ctx context.Context, conn *pgx.Conn) error {
+	if err := d.tryLead(ctx, conn); err != nil {
+		return err
+	}
+	// Signals may have been missed while disconnected (or before start).
+	d.cfg.OnSignal(string([]byte{store.SignalStart, store.SignalCancel, store.SignalFinish, store.SignalConfig}))
+	active := true // the pool may have work: keep checking that someone leads
+	for {
+		waitCtx, cancel := ctx, context.CancelFunc(func() {})
+		if active && !d.leader.Load() {
+			waitCtx, cancel = context.WithTimeout(ctx, d.cfg.HealthcheckInterval)
+		}
+		n, err := conn.WaitForNotification(waitCtx)
+		timedOut := waitCtx.Err() != nil && ctx.Err() == nil
+		cancel()
+		if ctx.Err() != nil {
+			return nil
+		}
+		if err != nil {
+			if !timedOut || conn.IsClosed() {
+				return err
+			}
+			idle, err := d.healthcheck(ctx, conn)
+			if err != nil {
+				return err
+			}
+			active = !idle
+			continue
+		}
+		active = true
+		d.handle(ctx, conn, n)
+	}
+}
+
+func (d *Driver) handle(ctx context.Context, conn *pgx.Conn, n *pgconn.Notification) {
+	payload := n.Payload
+	if strings.IndexByte(payload, store.SignalKick) >= 0 {
+		if d.leader.Load() {
+			d.Kick()
+		} else if err := d.tryLead(ctx, conn); err != nil {
+			d.cfg.Logger.Warn(ctx, "loop: leadership attempt failed", "error", err)
+		}
+		payload = strings.ReplaceAll(payload, string(store.SignalKick), "")
+	}
+	if payload != "" {
+		d.cfg.OnSignal(payload)
+	}
+}
+
+// tryLead takes the leader lock if it is free; the new leader runs an
+// iteration at once.
+func (d *Driver) tryLead(ctx context.Context, conn *pgx.Conn) error {
+	if d.leader.Load() {
+		return nil
+	}
+	var ok bool
+	if err := conn.QueryRow(ctx, "SELECT pg_try_advisory_lock($1)", d.cfg.Loop.keys.LeaderLock).Scan(&ok); err != nil {
+		return err
+	}
+	if ok {
+		d.leader.Store(true)
+		d.cfg.Logger.Debug(ctx, "loop: this process now leads the pool")
+		d.Kick()
+	}
+	return nil
+}
+
+// healthcheck runs on a follower while the pool has work: take over if the
+// leader is gone, and report whether the pool is idle (then stop checking
+// until the next notification).
+func (d *Driver) healthcheck(ctx context.Context, conn *pgx.Conn) (idle bool, err error) {
+	if err := d.tryLead(ctx, conn); err != nil {
+		return false, err
+	}
+	if d.leader.Load() {
+		return false, nil
+	}
+	var state string
+	err = conn.QueryRow(ctx, "SELECT state FROM "+pgx.Identifier{d.cfg.Loop.cfg.Store.Schema(), "run_status"}.Sanitize()+
+		" WHERE pool = $1", d.cfg.Loop.cfg.Pool).Scan(&state)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return true, nil
+	}
+	return state == string(store.RunIdle), err
+}
+
+// handOver releases the leader lock and kicks the channel so a follower
+// takes over at once instead of at its next healthcheck.
+func (d *Driver) handOver(ctx context.Context, conn *pgx.Conn) {
+	if conn.IsClosed() {
+		return
+	}
+	var released bool
+	if err := conn.QueryRow(ctx, "SELECT pg_advisory_unlock($1)", d.cfg.Loop.keys.LeaderLock).Scan(&released); err != nil || !released {
+		return
+	}
+	_, _ = conn.Exec(ctx, "SELECT pg_notify($1, $2)", d.cfg.Loop.keys.Channel, string(store.SignalKick))
+}
+
+// runIterations runs the loop whenever this process leads and is kicked or
+// its timer fires.
+func (d *Driver) runIterations(ctx context.Context) {
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
+	generation := int64(-1)
+	for {
+		select {
+		case <-ctx.Done():
+			timer.Stop()
+			return
+		case <-d.kickCh:
+		case <-timer.C:
+		}
+		if !d.leader.Load() {
+			timer.Stop()
+			continue
+		}
+		var wake time.Duration
+		generation, wake = d.iterateUntilQuiet(ctx, generation)
+		timer.Stop()
+		if wake >= 0 {
+			timer.Reset(wake)
+		}
+	}
+}
+
+// iterateUntilQuiet runs iterations until the loop goes scheduled or idle,
+// and returns the generation and when to wake (-1: only on a kick).
+func (d *Driver) iterateUntilQuiet(ctx context.Context, generation int64) (int64, time.Duration) {
+	log, lp := d.cfg.Logger, d.cfg.Loop
+	const pollMin, pollMax = time.Millisecond, 100 * time.Millisecond
+	poll, errBackoff := pollMin, 50*time.Millisecond
+	for ctx.Err() == nil && d.leader.Load() {
+		if generation < 0 {
+			g, err := lp.cfg.Store.ReadGeneration(ctx, lp.cfg.DB, lp.cfg.Pool)
+			if err != nil {
+				log.Warn(ctx, "loop: cannot read generation", "error", err)
+				d.wait(ctx, errBackoff)
+				errBackoff = min(2*errBackoff, d.cfg.ReconnectBackoffMax)
+				continue
+			}
+			generation = g
+		}
+		ictx, cancel := context.WithTimeout(ctx, d.cfg.IterationTimeout)
+		out, err := lp.Main(ictx, generation)
+		cancel()
+		d.iterations.Add(1)
+		if err != nil {
+			if ctx.Err() == nil {
+				log.Warn(ctx, "loop: iteration failed, retrying", "error", err, "backoff", errBackoff)
+			}
+			d.wait(ctx, errBackoff)
+			errBackoff = min(2*errBackoff, d.cfg.ReconnectBackoffMax)
+			generation = -1 // the commit may or may not have happened
+			continue
+		}
+		errBackoff = 50 * time.Millisecond
+		generation = out.Generation
+		if out.Stale {
+			continue
+		}
+		if out.Signals != "" {
+			d.cfg.OnSignal(out.Signals) // in-process workers need not wait for the NOTIFY
+		}
+		switch out.Next {
+		case NextNow:
+			poll = pollMin
+		case NextPoll:
+			delay := out.Delay
+			if delay <= 0 {
+				delay = poll
+				poll = min(2*poll, pollMax)
+			}
+			d.wait(ctx, delay)
+		case NextScheduled:
+			return generation, out.Delay
+		case NextIdle:
+			return generation, -1
+		}
+	}
+	return generation, -1
+}
+
+// wait sleeps for d or until kicked or ctx ends.
+func (d *Driver) wait(ctx context.Context, dur time.Duration) {
+	t := time.NewTimer(dur)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	case <-d.kickCh:
+	}
+}
+
+func sleep(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
+}

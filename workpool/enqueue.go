@@ -1,0 +1,370 @@
+package workpool
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"fmt"
+	"reflect"
+	"strconv"
+	"time"
+	"unicode/utf8"
+
+	"github.com/uptrace/bun"
+
+	"github.com/pgworkpool/pgworkpool/internal/store"
+	"github.com/pgworkpool/pgworkpool/segments"
+	"github.com/pgworkpool/pgworkpool/stats"
+)
+
+// WorkID identifies an enqueued work item.
+type WorkID int64
+
+// String formats the ID as a decimal number.
+func (id WorkID) String() string { return strconv.FormatInt(int64(id), 10) }
+
+// Option adjusts one Enqueue call.
+type Option func(*enqueueOptions)
+
+type enqueueOptions struct {
+	runAt       time.Time
+	runAtSet    bool
+	runAfter    time.Duration
+	runAfterSet bool
+	retry       *RetryBehavior // nil: pool default
+	noRetry     bool
+	onComplete  *onCompleteInfo
+	onCtx       []byte
+	onErr       error
+	label       string
+	timeout     time.Duration
+	timeoutSet  bool
+}
+
+// RunAt starts the work no earlier than t (to the 100 ms segment). Times
+// more than a year in the past mean now; more than four years ahead, a year
+// from now (logged).
+func RunAt(t time.Time) Option {
+	return func(o *enqueueOptions) { o.runAt, o.runAtSet = t, true }
+}
+
+// RunAfter starts the work no earlier than d from now, on the database's
+// clock.
+func RunAfter(d time.Duration) Option {
+	return func(o *enqueueOptions) { o.runAfter, o.runAfterSet = d, true }
+}
+
+// Retry retries failed attempts as b says. A zero b means the pool's
+// DefaultRetry.
+func Retry(b RetryBehavior) Option {
+	return func(o *enqueueOptions) { o.retry, o.noRetry = &b, false }
+}
+
+// NoRetry makes the first failure final, even if the pool retries by default.
+func NoRetry() Option {
+	return func(o *enqueueOptions) { o.retry, o.noRetry = nil, true }
+}
+
+// OnComplete calls h with value (encoded as JSON) when the work ends. h's
+// result type must be the function's.
+func OnComplete[C, R any](h *OnCompleteHandler[C, R], value C) Option {
+	return func(o *enqueueOptions) {
+		if h == nil || h.h == nil {
+			o.onErr = fmt.Errorf("%w: nil onComplete handler", ErrInvalidOption)
+			return
+		}
+		b, err := json.Marshal(value)
+		if err != nil {
+			o.onErr = fmt.Errorf("%w: onComplete context: %v", ErrNotEncodable, err)
+			return
+		}
+		o.onComplete, o.onCtx, o.onErr = h.h, b, nil
+	}
+}
+
+// Label names the item in logs (events, errors), e.g. an order number.
+func Label(name string) Option {
+	return func(o *enqueueOptions) { o.label = name }
+}
+
+// Timeout bounds each attempt; the handler's context is canceled at the
+// deadline and the attempt fails with "timed out".
+func Timeout(d time.Duration) Option {
+	return func(o *enqueueOptions) { o.timeout, o.timeoutSet = d, true }
+}
+
+// prepared is an enqueue call checked and encoded, ready for the database.
+type prepared struct {
+	fn      *funcInfo
+	work    store.NewWork
+	runAt   time.Time
+	dueTime time.Time
+}
+
+// prepare validates everything before any query runs: a call that fails here
+// writes nothing.
+func (p *Pool) prepare(ctx context.Context, h Handle, args []any, opts []Option) (*prepared, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("pgworkpool: enqueue: %w", err)
+	}
+	if p.closed.Load() {
+		return nil, ErrPoolClosed
+	}
+	var fn *funcInfo
+	if h != nil {
+		fn = h.info()
+	}
+	if fn == nil {
+		return nil, fmt.Errorf("%w: nil handle", ErrUnknownFunction)
+	}
+	if fn.pool != p {
+		return nil, fmt.Errorf("%w: %q is registered with another pool", ErrUnknownFunction, fn.name)
+	}
+	var o enqueueOptions
+	for _, opt := range opts {
+		if opt == nil {
+			return nil, fmt.Errorf("%w: nil option", ErrInvalidOption)
+		}
+		opt(&o)
+	}
+	w := store.NewWork{Pool: p.cfg.Name, Fn: fn.name, TimeoutMs: p.cfg.DefaultTimeout.Milliseconds()}
+	if err := p.applyOptions(fn, &o, &w); err != nil {
+		return nil, err
+	}
+	w.Labels = make([]string, len(args))
+	w.Args = make([]string, len(args))
+	w.Contexts = make([]string, len(args))
+	for i, a := range args {
+		b, err := fn.encodeArgs(a)
+		if err != nil {
+			return nil, err
+		}
+		if len(b) > p.cfg.MaxPayloadBytes {
+			return nil, fmt.Errorf("%w: arguments of %q are %d bytes (max %d)", ErrPayloadTooLarge, fn.name, len(b), p.cfg.MaxPayloadBytes)
+		}
+		w.Labels[i], w.Args[i], w.Contexts[i] = o.label, string(b), string(o.onCtx)
+	}
+	pr := &prepared{fn: fn, work: w}
+	if o.runAtSet {
+		pr.runAt = o.runAt
+	}
+	return pr, nil
+}
+
+func (p *Pool) applyOptions(fn *funcInfo, o *enqueueOptions, w *store.NewWork) error {
+	if o.runAtSet && o.runAfterSet {
+		return fmt.Errorf("%w: RunAt and RunAfter are exclusive", ErrInvalidOption)
+	}
+	if o.runAfterSet {
+		if o.runAfter < 0 || o.runAfter > 4*365*24*time.Hour {
+			return fmt.Errorf("%w: RunAfter %v outside [0, 4 years]", ErrInvalidOption, o.runAfter)
+		}
+		w.DelaySegments = int64(segments.Of(o.runAfter))
+	}
+	if o.runAtSet {
+		if o.runAt.IsZero() {
+			return fmt.Errorf("%w: zero RunAt", ErrInvalidOption)
+		}
+		t, reason := segments.Bound(o.runAt, time.Now())
+		if reason == segments.TooFar {
+			p.log.Warn(context.Background(), "enqueue: "+reason.String(), "fn", fn.name, "run_at", o.runAt)
+		}
+		w.RunAtSegment = int64(segments.FromTime(t))
+	}
+	if o.timeoutSet {
+		if o.timeout <= 0 || o.timeout > 365*24*time.Hour {
+			return fmt.Errorf("%w: Timeout %v outside (0, 1 year]", ErrInvalidOption, o.timeout)
+		}
+		w.TimeoutMs = max(o.timeout.Milliseconds(), 1)
+	}
+	if !utf8.ValidString(o.label) || len(o.label) > 256 {
+		return fmt.Errorf("%w: Label must be valid UTF-8 of at most 256 bytes", ErrInvalidOption)
+	}
+	retry := p.cfg.DefaultRetry
+	switch {
+	case o.noRetry:
+		retry = RetryBehavior{MaxAttempts: 1, Base: 1}
+	case o.retry != nil:
+		if *o.retry != (RetryBehavior{}) {
+			retry = *o.retry
+		}
+	case !p.cfg.RetryByDefault:
+		retry = RetryBehavior{MaxAttempts: 1, Base: 1}
+	}
+	if err := retry.validate(); err != nil {
+		return fmt.Errorf("%w: %v", ErrInvalidOption, err)
+	}
+	w.MaxAttempts, w.InitialBackoffMs, w.BackoffBase = retry.MaxAttempts, retry.InitialBackoff.Milliseconds(), retry.Base
+	if o.onErr != nil {
+		return o.onErr
+	}
+	if o.onComplete != nil {
+		if o.onComplete.pool != p {
+			return fmt.Errorf("%w: onComplete %q is registered with another pool", ErrInvalidOption, o.onComplete.name)
+		}
+		if o.onComplete.resultType != fn.resultType {
+			return fmt.Errorf("%w: onComplete %q takes results of type %v, %q returns %v",
+				ErrInvalidOption, o.onComplete.name, o.onComplete.resultType, fn.name, fn.resultType)
+		}
+		if len(o.onCtx) > p.cfg.MaxPayloadBytes {
+			return fmt.Errorf("%w: onComplete context is %d bytes (max %d)", ErrPayloadTooLarge, len(o.onCtx), p.cfg.MaxPayloadBytes)
+		}
+		w.OnComplete = o.onComplete.name
+	}
+	return nil
+}
+
+// Enqueue stores a work item that runs fn with args (of fn's argument type,
+// or a pointer to it) and returns its ID. The item is durable when Enqueue
+// returns; it starts once a slot is free and it is due.
+func (p *Pool) Enqueue(ctx context.Context, fn Handle, args any, opts ...Option) (WorkID, error) {
+	ids, err := p.enqueueOwnTx(ctx, fn, []any{args}, opts)
+	if err != nil {
+		return 0, err
+	}
+	return ids[0], nil
+}
+
+// EnqueueTx is Enqueue inside the caller's transaction (or connection): the
+// work exists only if the caller commits. It only inserts rows and, when
+// the loop must be woken, updates one status row; the lock it takes is
+// shared and never blocks other producers, however long tx stays open.
+// tx must be a bun.Tx, bun.Conn or *bun.DB of a pgx-backed database.
+func (p *Pool) EnqueueTx(ctx context.Context, tx bun.IDB, fn Handle, args any, opts ...Option) (WorkID, error) {
+	ids, err := p.EnqueueBatchTx(ctx, tx, fn, []any{args}, opts...)
+	if err != nil {
+		return 0, err
+	}
+	return ids[0], nil
+}
+
+// EnqueueBatch enqueues one item per element of args (a slice of fn's
+// argument type, or []any of it) with the same options, atomically, in one
+// round trip per chunk of batchChunk items.
+func (p *Pool) EnqueueBatch(ctx context.Context, fn Handle, args any, opts ...Option) ([]WorkID, error) {
+	list, err := asList(args)
+	if err != nil {
+		return nil, err
+	}
+	return p.enqueueOwnTx(ctx, fn, list, opts)
+}
+
+// EnqueueBatchTx is EnqueueBatch inside the caller's transaction.
+func (p *Pool) EnqueueBatchTx(ctx context.Context, tx bun.IDB, fn Handle, args any, opts ...Option) ([]WorkID, error) {
+	list, err := asList(args)
+	if err != nil {
+		return nil, err
+	}
+	q, err := querierOf(tx)
+	if err != nil {
+		return nil, err
+	}
+	pr, err := p.prepare(ctx, fn, list, opts)
+	if err != nil {
+		return nil, err
+	}
+	if err := p.ensure(ctx); err != nil {
+		return nil, err
+	}
+	ids, _, err := p.insert(ctx, q, pr)
+	return ids, err
+}
+
+// batchChunk bounds the rows of one INSERT statement.
+const batchChunk = 5000
+
+func asList(args any) ([]any, error) {
+	if l, ok := args.([]any); ok {
+		return l, nil
+	}
+	v := reflect.ValueOf(args)
+	if v.Kind() != reflect.Slice {
+		return nil, fmt.Errorf("%w: batch arguments must be a slice, got %T", ErrArgsMismatch, args)
+	}
+	out := make([]any, v.Len())
+	for i := range out {
+		out[i] = v.Index(i).Interface()
+	}
+	return out, nil
+}
+
+// enqueueOwnTx runs an enqueue in a transaction of its own and, after the
+// commit, kicks this process's driver directly if it leads.
+func (p *Pool) enqueueOwnTx(ctx context.Context, fn Handle, args []any, opts []Option) ([]WorkID, error) {
+	pr, err := p.prepare(ctx, fn, args, opts)
+	if err != nil {
+		return nil, err
+	}
+	if len(args) == 0 {
+		return []WorkID{}, nil
+	}
+	if err := p.ensure(ctx); err != nil {
+		return nil, err
+	}
+	var ids []WorkID
+	var kicked bool
+	err = p.inTx(ctx, func(tx *sql.Tx) error {
+		var err error
+		ids, kicked, err = p.insert(ctx, tx, pr)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	if kicked {
+		p.kickLocal()
+	}
+	return ids, nil
+}
+
+// insert writes prepared work in chunks, kicks the loop once, and logs the
+// enqueued events.
+func (p *Pool) insert(ctx context.Context, q store.Querier, pr *prepared) ([]WorkID, bool, error) {
+	w := pr.work
+	out := make([]WorkID, 0, len(w.Args))
+	var segment int64
+	for start := 0; start < len(w.Args); start += batchChunk {
+		end := min(start+batchChunk, len(w.Args))
+		chunk := w
+		chunk.Labels, chunk.Args, chunk.Contexts = w.Labels[start:end], w.Args[start:end], w.Contexts[start:end]
+		ids, seg, err := p.store.InsertWork(ctx, q, chunk, p.keys.KickLock)
+		if err != nil {
+			return nil, false, p.wrapDBError("enqueue", err)
+		}
+		segment = seg
+		for _, id := range ids {
+			out = append(out, WorkID(id))
+		}
+	}
+	kicked, err := p.store.Kick(ctx, q, p.cfg.Name, p.keys, store.KickSource{Due: segment, StartsOnly: true})
+	if err != nil {
+		return nil, false, p.wrapDBError("enqueue", err)
+	}
+	if p.log.EventsEnabled() {
+		runAt := segments.Segment(segment).Time()
+		for i, id := range out {
+			p.log.Enqueued(ctx, stats.Enqueued{WorkID: int64(id), Fn: w.Fn, Label: w.Labels[i], RunAt: runAt})
+		}
+	}
+	return out, kicked, nil
+}
+
+// querierOf unwraps a bun handle to its database/sql value so our
+// statements bypass bun's placeholder formatting and keep real parameters.
+func querierOf(db bun.IDB) (store.Querier, error) {
+	switch v := db.(type) {
+	case bun.Tx:
+		return v.Tx, nil
+	case *bun.Tx:
+		return v.Tx, nil
+	case *bun.DB:
+		return v.DB, nil
+	case bun.Conn:
+		return v.Conn, nil
+	case *bun.Conn:
+		return v.Conn, nil
+	case nil:
+		return nil, fmt.Errorf("%w: nil transaction", ErrUnsupportedDB)
+	}
+	return nil, fmt.Errorf("%w: %T", ErrUnsupportedDB, db)
+}

@@ -1,0 +1,633 @@
+package workpool
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"runtime/debug"
+	"sync"
+	"time"
+
+	"github.com/uptrace/bun"
+
+	"github.com/pgworkpool/pgworkpool/internal/store"
+	"github.com/pgworkpool/pgworkpool/loop"
+	"github.com/pgworkpool/pgworkpool/recovery"
+)
+
+// Causes of a handler's context cancellation.
+var (
+	errCanceledByUser = errors.New("pgworkpool: work canceled")
+	errStopping       = errors.New("pgworkpool: pool stopping")
+)
+
+const (
+	// abandonGrace is how long past its deadline a worker waits for a
+	// handler that ignores its context before reporting the timeout anyway.
+	abandonGrace = time.Second
+	// flushBatch bounds the results one completion transaction records.
+	flushBatch = 2000
+	// finishBatch bounds the onCompletes one finisher transaction runs.
+	finishBatch = 100
+	// stopGrace is how long Stop waits for canceled handlers to return.
+	stopGrace = time.Second
+)
+
+// running is the state of a started pool: its driver, its worker slots and
+// the goroutines around them.
+type running struct {
+	p        *Pool
+	driver   *loop.Driver
+	workerID int64
+
+	driverStop context.CancelFunc
+	driverDone chan struct{}
+	// handlerBase parents every handler context; Stop cancels it last.
+	handlerBase   context.Context
+	handlerCancel context.CancelCauseFunc
+	// bgCtx is the context of our own queries; canceled when Stop ends.
+	bgCtx    context.Context
+	bgCancel context.CancelFunc
+
+	claimWake, cancelWake, finishWake, configWake, flushWake chan struct{}
+	stopClaims chan struct{} // closed: claimer, finisher, canceler, config refresher stop
+	stopFlush  chan struct{} // closed: flusher drains and stops
+	stopBeat   chan struct{} // closed: heartbeat stops
+	claimersWG sync.WaitGroup
+	flushDone  chan struct{}
+	beatDone   chan struct{}
+
+	mu            sync.Mutex
+	inflight      map[int64]*attempt
+	idle          *sync.Cond // signaled when inflight shrinks
+	stopping      bool
+	dirty         bool // unclaimed work may remain: claim when a slot frees
+	lastHeartbeat time.Time
+	pending       []store.Result // results waiting to be flushed
+	released      []int64        // attempts given back on Stop
+}
+
+// attempt is one handler run in this process.
+type attempt struct {
+	workID    int64
+	attempt   int
+	cancel    context.CancelCauseFunc
+	abandoned bool // Stop gave up on it; its result is dropped
+}
+
+func wake(ch chan struct{}) {
+	select {
+	case ch <- struct{}{}:
+	default:
+	}
+}
+
+// Start runs this process's share of the pool: the loop's driver (at most
+// one process leads at a time) and Config.Workers handler slots for the
+// functions registered so far. It returns once everything is running.
+func (p *Pool) Start(ctx context.Context) error {
+	p.startMu.Lock()
+	defer p.startMu.Unlock()
+	if p.closed.Load() {
+		return ErrPoolClosed
+	}
+	if p.started {
+		return ErrAlreadyStarted
+	}
+	if err := p.ensure(ctx); err != nil {
+		return err
+	}
+	if p.cfg.MaxParallelism > 0 {
+		if _, err := p.store.SetMaxParallelism(ctx, p.sqlDB, p.cfg.Name, p.cfg.MaxParallelism); err != nil {
+			return p.wrapDBError("start", err)
+		}
+	}
+	if p.cfg.LogLevel != 0 {
+		if err := p.store.SetLogLevel(ctx, p.sqlDB, p.cfg.Name, p.cfg.LogLevel.String(), MaxParallelismDefault); err != nil {
+			return p.wrapDBError("start", err)
+		}
+	}
+	if err := p.refreshConfig(ctx); err != nil {
+		return err
+	}
+	connCfg, err := p.connConfig(ctx)
+	if err != nil {
+		return err
+	}
+	workerID, err := p.store.RegisterWorker(ctx, p.sqlDB, p.cfg.Name, hostname(), os.Getpid())
+	if err != nil {
+		return p.wrapDBError("start", err)
+	}
+	r := &running{
+		p:          p,
+		workerID:   workerID,
+		claimWake:  make(chan struct{}, 1),
+		cancelWake: make(chan struct{}, 1),
+		finishWake: make(chan struct{}, 1),
+		configWake: make(chan struct{}, 1),
+		flushWake:  make(chan struct{}, 1),
+		stopClaims: make(chan struct{}),
+		stopFlush:  make(chan struct{}),
+		stopBeat:   make(chan struct{}),
+		flushDone:  make(chan struct{}),
+		beatDone:   make(chan struct{}),
+		driverDone: make(chan struct{}),
+		inflight:   map[int64]*attempt{},
+	}
+	r.idle = sync.NewCond(&r.mu)
+	r.lastHeartbeat = time.Now()
+	r.handlerBase, r.handlerCancel = context.WithCancelCause(context.WithoutCancel(ctx))
+	r.bgCtx, r.bgCancel = context.WithCancel(context.WithoutCancel(ctx))
+	r.driver = loop.NewDriver(loop.DriverConfig{
+		Loop:                p.loop,
+		ConnConfig:          connCfg,
+		Logger:              p.log,
+		OnSignal:            r.onSignal,
+		HealthcheckInterval: p.cfg.HealthcheckInterval,
+	})
+	var driverCtx context.Context
+	driverCtx, r.driverStop = context.WithCancel(r.bgCtx)
+	go func() {
+		defer close(r.driverDone)
+		r.driver.Run(driverCtx)
+	}()
+	r.claimersWG.Add(4)
+	go r.claimLoop()
+	go r.cancelLoop()
+	go r.finishLoop()
+	go r.configLoop()
+	go r.flushLoop()
+	go r.heartbeatLoop()
+	p.run, p.started = r, true
+	return nil
+}
+
+// Stop shuts the pool down in this process: it stops claiming work, waits
+// for running handlers until ctx is done, then cancels the rest and gives
+// their work back (another process claims it at once, and it runs again
+// with the same attempt number), records every result it has, and hands
+// the loop over to another process. It returns ctx's error if handlers had
+// to be canceled. After Stop the pool refuses new calls with ErrPoolClosed.
+func (p *Pool) Stop(ctx context.Context) error {
+	p.startMu.Lock()
+	if p.closed.Swap(true) {
+		p.startMu.Unlock()
+		return nil
+	}
+	r := p.run
+	p.startMu.Unlock()
+	if r == nil {
+		return nil
+	}
+	return r.stop(ctx)
+}
+
+func (r *running) stop(ctx context.Context) error {
+	p := r.p
+	r.mu.Lock()
+	r.stopping = true
+	r.mu.Unlock()
+	close(r.stopClaims)
+	r.claimersWG.Wait()
+
+	err := r.waitIdle(ctx)
+	if err != nil {
+		r.handlerCancel(errStopping)
+		graceCtx, cancel := context.WithTimeout(context.Background(), stopGrace)
+		_ = r.waitIdle(graceCtx)
+		cancel()
+		r.mu.Lock()
+		for id, a := range r.inflight {
+			a.abandoned = true
+			r.released = append(r.released, id)
+			delete(r.inflight, id)
+		}
+		r.mu.Unlock()
+	}
+
+	close(r.stopFlush)
+	<-r.flushDone
+	finalCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	r.mu.Lock()
+	released := r.released
+	r.mu.Unlock()
+	if len(released) > 0 {
+		if rerr := r.releaseClaims(finalCtx, released); rerr != nil {
+			p.log.Warn(finalCtx, "stop: could not give work back; recovery will retry it after the lease", "error", rerr)
+		}
+	}
+	close(r.stopBeat)
+	<-r.beatDone
+	r.driverStop()
+	<-r.driverDone
+	if derr := p.store.DeregisterWorker(finalCtx, p.sqlDB, r.workerID); derr != nil {
+		p.log.Warn(finalCtx, "stop: could not remove worker row", "error", derr)
+	}
+	r.handlerCancel(errStopping)
+	r.bgCancel()
+	return err
+}
+
+// waitIdle blocks until no handler runs or ctx is done.
+func (r *running) waitIdle(ctx context.Context) error {
+	stop := context.AfterFunc(ctx, func() {
+		r.mu.Lock()
+		r.idle.Broadcast()
+		r.mu.Unlock()
+	})
+	defer stop()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for len(r.inflight) > 0 {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		r.idle.Wait()
+	}
+	return nil
+}
+
+func (r *running) releaseClaims(ctx context.Context, ids []int64) error {
+	p := r.p
+	if err := p.store.Release(ctx, p.sqlDB, p.cfg.Name, r.workerID, ids); err != nil {
+		return err
+	}
+	return p.store.Notify(ctx, p.sqlDB, p.keys.Channel, string(store.SignalStart))
+}
+
+// onSignal dispatches the driver's signals; it must not block.
+func (r *running) onSignal(signals string) {
+	for i := 0; i < len(signals); i++ {
+		switch signals[i] {
+		case store.SignalStart:
+			wake(r.claimWake)
+		case store.SignalCancel:
+			wake(r.cancelWake)
+		case store.SignalFinish:
+			wake(r.finishWake)
+		case store.SignalConfig:
+			wake(r.configWake)
+		}
+	}
+}
+
+// claimLoop claims started work for the functions this process registered
+// whenever it is signaled, as long as it has free slots.
+func (r *running) claimLoop() {
+	defer r.claimersWG.Done()
+	retry := time.NewTimer(time.Hour)
+	retry.Stop()
+	for {
+		select {
+		case <-r.stopClaims:
+			return
+		case <-r.claimWake:
+		case <-retry.C:
+		}
+		if err := r.claimAll(); err != nil {
+			if r.bgCtx.Err() == nil {
+				r.p.log.Warn(r.bgCtx, "worker: claim failed, retrying", "error", err)
+			}
+			retry.Reset(500 * time.Millisecond)
+		}
+	}
+}
+
+func (r *running) claimAll() error {
+	p := r.p
+	for {
+		r.mu.Lock()
+		free := p.cfg.Workers - len(r.inflight)
+		if r.stopping || free <= 0 {
+			r.dirty = !r.stopping
+			r.mu.Unlock()
+			return nil
+		}
+		beat := time.Since(r.lastHeartbeat) > p.cfg.HeartbeatInterval/2
+		r.mu.Unlock()
+		fns := p.funcNames()
+		if len(fns) == 0 {
+			return nil
+		}
+		limit := min(free, p.cfg.ClaimBatch)
+		claimed, err := p.store.Claim(r.bgCtx, p.sqlDB, p.cfg.Name, fns, limit, r.workerID, beat)
+		if err != nil {
+			return err
+		}
+		r.mu.Lock()
+		if beat {
+			r.lastHeartbeat = time.Now()
+		}
+		for _, c := range claimed {
+			r.begin(c)
+		}
+		if len(claimed) < limit {
+			r.dirty = false
+			r.mu.Unlock()
+			return nil
+		}
+		r.mu.Unlock()
+	}
+}
+
+// begin starts one claimed attempt; r.mu is held.
+func (r *running) begin(c store.Claimed) {
+	ctx, cancel := context.WithCancelCause(r.handlerBase)
+	a := &attempt{workID: c.WorkID, attempt: c.Attempt, cancel: cancel}
+	r.inflight[c.WorkID] = a
+	go r.execute(ctx, a, c)
+}
+
+// execute runs one attempt and queues its result.
+func (r *running) execute(ctx context.Context, a *attempt, c store.Claimed) {
+	defer a.cancel(nil)
+	p := r.p
+	res := store.Result{WorkID: c.WorkID, Attempt: c.Attempt}
+	switch fn := p.lookupFunc(c.Fn); {
+	case c.WorkMissing:
+		p.log.Error(ctx, "worker: claimed work has no work row", "work_id", c.WorkID)
+		r.done(a, nil, false)
+		return
+	case c.Canceled:
+		res.Status = "canceled"
+	default:
+		begin := time.Now()
+		value, err, timedOut := r.invoke(ctx, fn, c)
+		res.RunMs = time.Since(begin).Milliseconds()
+		cause := context.Cause(ctx)
+		switch {
+		case err == nil:
+			res.Status, res.Value = "success", string(value)
+		case errors.Is(cause, errStopping):
+			r.done(a, nil, true)
+			return
+		case errors.Is(cause, errCanceledByUser):
+			res.Status = "canceled"
+		case timedOut:
+			res.Status, res.Error = "failed", recovery.ReasonTimedOut
+		default:
+			res.Status, res.Error, res.NonRetryable = "failed", err.Error(), IsNonRetryable(err)
+		}
+	}
+	r.done(a, &res, false)
+}
+
+// invoke calls the handler with the attempt's timeout, turning a panic into
+// an error and giving up on a handler that ignores its context.
+func (r *running) invoke(ctx context.Context, fn *funcInfo, c store.Claimed) (value []byte, err error, timedOut bool) {
+	tctx, cancel := context.WithTimeout(ctx, c.Timeout)
+	defer cancel()
+	type ret struct {
+		value []byte
+		err   error
+	}
+	ch := make(chan ret, 1)
+	go func() {
+		defer func() {
+			if rec := recover(); rec != nil {
+				r.p.log.Error(ctx, "worker: handler panicked", "work_id", c.WorkID, "fn", c.Fn,
+					"panic", fmt.Sprint(rec), "stack", string(debug.Stack()))
+				ch <- ret{err: fmt.Errorf("panic: %v", rec)}
+			}
+		}()
+		v, err := fn.run(tctx, []byte(c.Args))
+		ch <- ret{v, err}
+	}()
+	abandon := time.NewTimer(c.Timeout + abandonGrace)
+	defer abandon.Stop()
+	select {
+	case res := <-ch:
+		expired := errors.Is(tctx.Err(), context.DeadlineExceeded) && ctx.Err() == nil
+		return res.value, res.err, res.err != nil && expired
+	case <-abandon.C:
+		r.p.log.Warn(ctx, "worker: handler ignored its deadline; reporting a timeout and leaving it running",
+			"work_id", c.WorkID, "fn", c.Fn)
+		return nil, context.DeadlineExceeded, true
+	}
+}
+
+// done frees the attempt's slot and queues its result (or its release).
+func (r *running) done(a *attempt, res *store.Result, release bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if a.abandoned {
+		return // Stop already gave it back
+	}
+	delete(r.inflight, a.workID)
+	switch {
+	case release:
+		r.released = append(r.released, a.workID)
+	case res != nil:
+		r.pending = append(r.pending, *res)
+		wake(r.flushWake)
+	}
+	if r.dirty && !r.stopping {
+		wake(r.claimWake)
+	}
+	r.idle.Broadcast()
+}
+
+// cancelLoop cancels the handlers of work that was canceled while running.
+func (r *running) cancelLoop() {
+	defer r.claimersWG.Done()
+	p := r.p
+	for {
+		select {
+		case <-r.stopClaims:
+			return
+		case <-r.cancelWake:
+		}
+		r.mu.Lock()
+		ids := make([]int64, 0, len(r.inflight))
+		for id := range r.inflight {
+			ids = append(ids, id)
+		}
+		r.mu.Unlock()
+		if len(ids) == 0 {
+			continue
+		}
+		canceled, err := p.store.CanceledAmong(r.bgCtx, p.sqlDB, ids)
+		if err != nil {
+			p.log.Warn(r.bgCtx, "worker: cannot check for canceled work", "error", err)
+			continue
+		}
+		r.mu.Lock()
+		for _, id := range canceled {
+			if a := r.inflight[id]; a != nil {
+				a.cancel(errCanceledByUser)
+			}
+		}
+		r.mu.Unlock()
+	}
+}
+
+// configLoop refreshes the stored log level when another process changes it.
+func (r *running) configLoop() {
+	defer r.claimersWG.Done()
+	for {
+		select {
+		case <-r.stopClaims:
+			return
+		case <-r.configWake:
+		}
+		if err := r.p.refreshConfig(r.bgCtx); err != nil && r.bgCtx.Err() == nil {
+			r.p.log.Warn(r.bgCtx, "worker: cannot refresh config", "error", err)
+		}
+	}
+}
+
+// heartbeatLoop extends this process's lease while it holds work. An idle
+// process sends nothing.
+func (r *running) heartbeatLoop() {
+	defer close(r.beatDone)
+	p := r.p
+	t := time.NewTicker(p.cfg.HeartbeatInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-r.stopBeat:
+			return
+		case <-t.C:
+		}
+		r.mu.Lock()
+		busy := len(r.inflight) > 0 || len(r.pending) > 0
+		r.mu.Unlock()
+		if !busy {
+			continue
+		}
+		if err := p.store.Heartbeat(r.bgCtx, p.sqlDB, r.workerID); err != nil {
+			p.log.Warn(r.bgCtx, "worker: heartbeat failed", "error", err)
+			continue
+		}
+		r.mu.Lock()
+		r.lastHeartbeat = time.Now()
+		r.mu.Unlock()
+	}
+}
+
+// flushLoop records results in batches: while one transaction commits, the
+// next batch accumulates, so a busy worker writes many results per commit
+// and an idle one writes each at once.
+func (r *running) flushLoop() {
+	defer close(r.flushDone)
+	stopping := false
+	for {
+		if !stopping {
+			select {
+			case <-r.flushWake:
+			case <-r.stopFlush:
+				stopping = true
+			}
+		}
+		for {
+			r.mu.Lock()
+			n := min(len(r.pending), flushBatch)
+			batch := append([]store.Result(nil), r.pending[:n]...)
+			r.pending = r.pending[n:]
+			r.mu.Unlock()
+			if n == 0 {
+				break
+			}
+			r.flushWithRetry(batch, stopping)
+		}
+		if stopping {
+			return
+		}
+	}
+}
+
+// flushWithRetry records a batch, retrying while the database is away. When
+// the pool is stopping it gives up after a while: the attempts then count as
+// lost and recovery retries them after the lease.
+func (r *running) flushWithRetry(batch []store.Result, stopping bool) {
+	p := r.p
+	backoff := 50 * time.Millisecond
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		err := r.flush(batch)
+		if err == nil {
+			return
+		}
+		if stopping && time.Now().After(deadline) {
+			p.log.Error(r.bgCtx, "worker: dropping results on stop; recovery will retry them", "error", err, "results", len(batch))
+			return
+		}
+		p.log.Warn(r.bgCtx, "worker: recording results failed, retrying", "error", err, "results", len(batch), "backoff", backoff)
+		time.Sleep(backoff)
+		backoff = min(2*backoff, 5*time.Second)
+	}
+}
+
+// flush records one batch of results in one transaction, running the
+// onComplete of every item that reached its terminal state, if this process
+// has the handler. If a handler fails the transaction is redone with a
+// savepoint around each handler, so one failure delays only its own item.
+func (r *running) flush(batch []store.Result) error {
+	err := r.flushOnce(batch, false)
+	if errors.Is(err, errOnCompleteFailed) {
+		err = r.flushOnce(batch, true)
+	}
+	return err
+}
+
+func (r *running) flushOnce(batch []store.Result, careful bool) error {
+	p := r.p
+	ctx := context.WithoutCancel(r.bgCtx)
+	byID := make(map[int64]store.Result, len(batch))
+	for _, res := range batch {
+		byID[res.WorkID] = res
+	}
+	var kicked bool
+	err := p.db.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
+		recs, err := p.store.RecordResults(ctx, tx.Tx, p.cfg.Name, batch, p.keys.KickLock)
+		if err != nil {
+			return err
+		}
+		if len(recs) < len(batch) {
+			r.logStale(ctx, batch, recs)
+		}
+		var items []finishItem
+		for _, rec := range recs {
+			if rec.OnComplete == "" {
+				continue
+			}
+			res := byID[rec.WorkID]
+			sr := storedResult{Status: rec.Status, Value: []byte(res.Value)}
+			if res.Error != "" && rec.Status != "success" {
+				e := res.Error
+				sr.Error = &e
+			}
+			items = append(items, finishItem{workID: rec.WorkID, attempts: rec.Attempts, onComplete: rec.OnComplete, context: rec.Context, result: sr})
+		}
+		deferred, err := r.p.runOnCompletes(ctx, tx, items, careful)
+		if err != nil {
+			return err
+		}
+		if deferred {
+			if err := p.store.Notify(ctx, tx.Tx, p.keys.Channel, string(store.SignalFinish)); err != nil {
+				return err
+			}
+		}
+		kicked, err = p.store.Kick(ctx, tx.Tx, p.cfg.Name, p.keys, store.KickSource{})
+		return err
+	})
+	if err == nil && kicked {
+		r.driver.Kick()
+	}
+	return err
+}
+
+func (r *running) logStale(ctx context.Context, batch []store.Result, recs []store.Recorded) {
+	ok := make(map[int64]bool, len(recs))
+	for _, rec := range recs {
+		ok[rec.WorkID] = true
+	}
+	for _, res := range batch {
+		if !ok[res.WorkID] {
+			r.p.log.Warn(ctx, "worker: result of a stale attempt ignored (recovered, canceled or already recorded)",
+				"work_id", res.WorkID, "attempt", res.Attempt+1, "status", res.Status)
+		}
+	}
+}
