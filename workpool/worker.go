@@ -51,12 +51,12 @@ type running struct {
 	bgCancel context.CancelFunc
 
 	claimWake, cancelWake, finishWake, configWake, flushWake chan struct{}
-	stopClaims chan struct{} // closed: claimer, finisher, canceler, config refresher stop
-	stopFlush  chan struct{} // closed: flusher drains and stops
-	stopBeat   chan struct{} // closed: heartbeat stops
-	claimersWG sync.WaitGroup
-	flushDone  chan struct{}
-	beatDone   chan struct{}
+	stopClaims                                               chan struct{} // closed: claimer, finisher, canceler, config refresher stop
+	stopFlush                                                chan struct{} // closed: flusher drains and stops
+	stopBeat                                                 chan struct{} // closed: heartbeat stops
+	claimersWG                                               sync.WaitGroup
+	flushDone                                                chan struct{}
+	beatDone                                                 chan struct{}
 
 	mu            sync.Mutex
 	inflight      map[int64]*attempt

@@ -177,15 +177,15 @@ type Counters struct {
 
 // State is the loop's view of a pool at the start of an iteration.
 type State struct {
-	Generation                                      int64
+	Generation                                       int64
 	StartCursor, CompletionCursor, CancelationCursor int64
-	LastRecovery, LastActivity                      int64
-	RunningCount                                    int
-	Counters                                        Counters
-	MaxParallelism                                  int
-	LogLevel                                        string
-	NowSegment                                      int64
-	Now                                             time.Time
+	LastRecovery, LastActivity                       int64
+	RunningCount                                     int
+	Counters                                         Counters
+	MaxParallelism                                   int
+	LogLevel                                         string
+	NowSegment                                       int64
+	Now                                              time.Time
 	// MarkedRunning is true when this call moved run_status to running
 	// (the loop was woken by its timer rather than by a kick).
 	MarkedRunning bool
@@ -352,11 +352,11 @@ func (s *Store) StartWork(ctx context.Context, q Querier, pool string, r Range, 
 
 // SavedState is what an iteration writes back to internal_state.
 type SavedState struct {
-	Generation                                      int64
+	Generation                                       int64
 	StartCursor, CompletionCursor, CancelationCursor int64
-	LastRecovery, LastActivity                      int64
-	RunningCount                                    int
-	Counters                                        Counters
+	LastRecovery, LastActivity                       int64
+	RunningCount                                     int
+	Counters                                         Counters
 }
 
 // SaveState writes the iteration's state and sends payload on channel (at
