@@ -135,7 +135,11 @@ func (d *Driver) listen(ctx context.Context) {
 }
 
 func (d *Driver) connect(ctx context.Context) (*pgx.Conn, error) {
-	conn, err := pgx.ConnectConfig(ctx, d.cfg.ConnConfig.Copy())
+	cfg := d.cfg.ConnConfig.Copy()
+	// A config copied from a live connection keeps that connection's
+	// notification hook; ours must buffer its own notifications.
+	cfg.OnNotification = nil
+	conn, err := pgx.ConnectConfig(ctx, cfg)
 	if err != nil {
 		return nil, err
 	}

@@ -465,26 +465,32 @@ func (l *Loop) starts(ctx context.Context, tx *sql.Tx, it *iteration, from int64
 	}
 	now := it.st.NowSegment
 	limit := min(capacity, l.cfg.BatchSize)
-	rows, err := s.StartWork(ctx, tx, pool, store.Range{From: from, To: now}, limit)
+	rows, sum, err := s.StartWork(ctx, tx, pool, store.Range{From: from, To: now}, limit)
 	if err != nil {
 		return err
 	}
-	it.cursors.start = advance(it.cursors.start, rows, limit, now, func(r store.Start) int64 { return r.Segment })
+	switch {
+	case sum.Consumed == 0:
+		it.cursors.start = max(it.cursors.start, now)
+	case sum.Consumed >= limit:
+		it.cursors.start = sum.LastSegment // more may follow in that segment
+	default:
+		it.cursors.start = max(sum.LastSegment, now)
+	}
+	if sum.Consumed > len(rows) {
+		log.Warn(ctx, "loop: pending starts of work that is gone or ended were dropped", "count", sum.Consumed-len(rows))
+	}
+	if sum.Inserted < len(rows) {
+		log.Error(ctx, "loop: pending starts of work that is already running were dropped", "count", len(rows)-sum.Inserted)
+	}
+	it.running += sum.Inserted
+	it.out.Started = sum.Inserted
 	nowTime := it.st.Now
 	for _, r := range rows {
-		switch {
-		case r.Started:
-			it.running++
-			it.out.Started++
-			lag := max(nowTime.Sub(segments.Segment(r.Segment).Time()), 0)
-			l.startLag.Add(lag)
-			if log.EventsEnabled() {
-				log.Started(ctx, stats.Started{WorkID: r.WorkID, Fn: r.Fn, Label: r.Label, Attempt: r.Attempt + 1, StartLag: lag})
-			}
-		case !r.WorkFound:
-			log.Warn(ctx, "loop: pending start of work that is gone or ended", "work_id", r.WorkID)
-		default:
-			log.Error(ctx, "loop: pending start of work that is already running", "work_id", r.WorkID)
+		lag := max(nowTime.Sub(segments.Segment(r.Segment).Time()), 0)
+		l.startLag.Add(lag)
+		if log.EventsEnabled() {
+			log.Started(ctx, stats.Started{WorkID: r.WorkID, Fn: r.Fn, Label: r.Label, Attempt: r.Attempt + 1, StartLag: lag})
 		}
 	}
 	if it.out.Started > 0 {

@@ -34,6 +34,11 @@ SELECT st.generation, st.start_cursor, st.completion_cursor, st.cancelation_curs
        {now}, statement_timestamp(), (SELECT count(*) FROM rs)
   FROM st`)
 
+	// No statement here joins two CTEs: the planner estimates a
+	// data-modifying CTE at one row and would join two of them with a nested
+	// loop, quadratic in the batch. Columns travel through RETURNING, and
+	// facts about rows a CTE deletes are read from the base tables, which the
+	// whole statement sees as of its start.
 	register("takeCompletions", `
 WITH pc AS (
     DELETE FROM {s}.pending_completion WHERE ctid = ANY(ARRAY(
@@ -43,17 +48,21 @@ WITH pc AS (
     RETURNING work_id, attempt, status, error, retry, run_ms, segment
 ), rn AS (
     DELETE FROM {s}.running r USING pc WHERE r.work_id = pc.work_id AND r.pool = $1
-    RETURNING r.work_id
+    RETURNING pc.work_id, pc.attempt, pc.status, pc.error, pc.retry, pc.run_ms, pc.segment, true AS was_running
+), c AS (
+    SELECT * FROM rn
+    UNION ALL
+    SELECT pc.*, false FROM pc
+     WHERE NOT EXISTS (SELECT 1 FROM {s}.running r WHERE r.work_id = pc.work_id AND r.pool = $1)
 )
-SELECT pc.work_id, pc.attempt, pc.status, COALESCE(pc.error, ''), pc.retry, COALESCE(pc.run_ms, -1), pc.segment,
-       rn.work_id IS NOT NULL,
+SELECT c.work_id, c.attempt, c.status, COALESCE(c.error, ''), c.retry, COALESCE(c.run_ms, -1), c.segment,
+       c.was_running,
        w.id IS NOT NULL, COALESCE(w.canceled, false), COALESCE(w.attempts, 0),
        COALESCE(w.initial_backoff_ms, 0), COALESCE(w.backoff_base, 1),
        COALESCE(w.fn_name, ''), COALESCE(w.label, ''),
-       EXISTS (SELECT 1 FROM {s}.pending_cancelation x WHERE x.work_id = pc.work_id)
-  FROM pc
-  LEFT JOIN rn ON rn.work_id = pc.work_id
-  LEFT JOIN {s}.work w ON w.id = pc.work_id`)
+       EXISTS (SELECT 1 FROM {s}.pending_cancelation x WHERE x.work_id = c.work_id)
+  FROM c
+  LEFT JOIN LATERAL (SELECT * FROM {s}.work WHERE id = c.work_id LIMIT 1) w ON true`)
 
 	register("insertRetries", `
 INSERT INTO {s}.pending_start (work_id, pool, segment)
@@ -78,11 +87,11 @@ WITH pc AS (
     DELETE FROM {s}.pending_start p USING d WHERE p.work_id = d.work_id
     RETURNING p.work_id
 )
-SELECT pc.work_id, pc.segment, w.id IS NOT NULL, ps.work_id IS NOT NULL,
+SELECT pc.work_id, pc.segment,
+       EXISTS (SELECT 1 FROM {s}.work x WHERE x.id = pc.work_id AND x.pool = $1 AND x.result IS NULL),
+       EXISTS (SELECT 1 FROM {s}.pending_start p WHERE p.work_id = pc.work_id),
        EXISTS (SELECT 1 FROM {s}.running r WHERE r.work_id = pc.work_id)
-  FROM pc
-  LEFT JOIN w ON w.id = pc.work_id
-  LEFT JOIN ps ON ps.work_id = pc.work_id`)
+  FROM pc`)
 
 	// finishCanceled ends canceled work that is not running: deleted at once
 	// if it has no onComplete, otherwise left finishing for a process that
@@ -111,18 +120,20 @@ WITH ps AS (
     RETURNING work_id, segment
 ), src AS (
     SELECT ps.work_id, ps.segment, w.fn_name, w.label, w.attempts, w.timeout_ms
-      FROM ps JOIN {s}.work w ON w.id = ps.work_id AND w.result IS NULL AND NOT w.canceled
+      FROM ps CROSS JOIN LATERAL (
+               SELECT fn_name, label, attempts, timeout_ms FROM {s}.work
+                WHERE id = ps.work_id AND result IS NULL AND NOT canceled LIMIT 1) w
 ), ins AS (
     INSERT INTO {s}.running (work_id, pool, fn_name, attempt, segment, started_at, timeout_ms)
     SELECT work_id, $1, fn_name, attempts, segment, statement_timestamp(), timeout_ms FROM src
     ON CONFLICT (work_id) DO NOTHING
     RETURNING work_id
 )
-SELECT ps.work_id, ps.segment, ins.work_id IS NOT NULL, src.work_id IS NOT NULL,
-       COALESCE(src.fn_name, ''), COALESCE(src.label, ''), COALESCE(src.attempts, 0)
-  FROM ps
-  LEFT JOIN src ON src.work_id = ps.work_id
-  LEFT JOIN ins ON ins.work_id = ps.work_id`)
+SELECT src.work_id, src.segment, src.fn_name, src.label, src.attempts,
+       (SELECT count(*) FROM ps), (SELECT count(*) FROM ins)
+  FROM src
+UNION ALL
+SELECT 0, COALESCE(max(segment), 0), '', '', 0, count(*), (SELECT count(*) FROM ins) FROM ps`)
 
 	register("saveState", `
 WITH n AS (
@@ -323,31 +334,46 @@ func (s *Store) FinishCanceled(ctx context.Context, q Querier, pool string, ids 
 	return out, nil
 }
 
-// Start is one pending_start row the start phase consumed.
+// Start is one work item the start phase moved into running.
 type Start struct {
 	WorkID    int64
 	Segment   int64
-	Started   bool // a running row was inserted
-	WorkFound bool // false: the work row was gone or already ended
 	Fn, Label string
 	Attempt   int
 }
 
+// StartSummary counts what the start phase consumed.
+type StartSummary struct {
+	// Consumed pending_start rows; more than len(starts) means some work
+	// was gone or already ended.
+	Consumed int
+	// Inserted running rows; fewer than len(starts) means some work was
+	// already running (an invariant violation, logged).
+	Inserted int
+	// LastSegment is the segment of the last consumed row (0 if none).
+	LastSegment int64
+}
+
 // StartWork moves up to limit due pending_start rows in r into running.
-func (s *Store) StartWork(ctx context.Context, q Querier, pool string, r Range, limit int) ([]Start, error) {
+func (s *Store) StartWork(ctx context.Context, q Querier, pool string, r Range, limit int) ([]Start, StartSummary, error) {
 	var out []Start
+	var sum StartSummary
 	err := collect(ctx, q, s.sql("startWork"), []any{pool, r.From, r.To, limit}, func(rows *sql.Rows) error {
 		var st Start
-		if err := rows.Scan(&st.WorkID, &st.Segment, &st.Started, &st.WorkFound, &st.Fn, &st.Label, &st.Attempt); err != nil {
+		if err := rows.Scan(&st.WorkID, &st.Segment, &st.Fn, &st.Label, &st.Attempt, &sum.Consumed, &sum.Inserted); err != nil {
 			return err
+		}
+		if st.WorkID == 0 { // the summary row
+			sum.LastSegment = st.Segment
+			return nil
 		}
 		out = append(out, st)
 		return nil
 	})
 	if err != nil {
-		return nil, fmt.Errorf("start work: %w", err)
+		return nil, StartSummary{}, fmt.Errorf("start work: %w", err)
 	}
-	return out, nil
+	return out, sum, nil
 }
 
 // SavedState is what an iteration writes back to internal_state.

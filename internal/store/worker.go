@@ -49,16 +49,21 @@ WITH r AS (
         AS r(work_id, attempt, status, error, nonretryable, value, run_ms)
 ), cls AS (
     SELECT r.work_id, r.attempt, r.run_ms, NULLIF(r.error, '') AS error, NULLIF(r.value, '') AS value,
-           w.on_complete IS NOT NULL AS has_on_complete,
+           w.has_on_complete,
            (r.status = 'failed' AND NOT r.nonretryable AND NOT w.canceled
                 AND w.attempts + 1 < w.max_attempts) AS retry,
            CASE WHEN r.status = 'failed' AND w.canceled THEN 'canceled' ELSE r.status END AS status
-      FROM r JOIN {s}.work w ON w.id = r.work_id AND w.pool = $1 AND w.attempts = r.attempt AND w.result IS NULL
+      FROM r CROSS JOIN LATERAL (
+               SELECT on_complete IS NOT NULL AS has_on_complete, canceled, attempts, max_attempts
+                 FROM {s}.work
+                WHERE id = r.work_id AND pool = $1 AND attempts = r.attempt AND result IS NULL
+                LIMIT 1) w
 ), del AS (
     DELETE FROM {s}.work w USING cls
      WHERE w.id = cls.work_id AND w.attempts = cls.attempt AND w.result IS NULL
        AND NOT cls.retry AND NOT cls.has_on_complete
-    RETURNING w.id, w.attempts + 1 AS attempts
+    RETURNING w.id, w.attempts + 1 AS attempts, cls.attempt, cls.status, cls.error, cls.retry, cls.run_ms,
+              NULL::text AS on_complete, NULL::jsonb AS ctx
 ), upd AS (
     UPDATE {s}.work w
        SET attempts = w.attempts + 1,
@@ -68,20 +73,18 @@ WITH r AS (
       FROM cls
      WHERE w.id = cls.work_id AND w.attempts = cls.attempt AND w.result IS NULL
        AND (cls.retry OR cls.has_on_complete)
-    RETURNING w.id, w.attempts, w.on_complete, w.on_complete_context
+    RETURNING w.id, w.attempts, cls.attempt, cls.status, cls.error, cls.retry, cls.run_ms,
+              w.on_complete, w.on_complete_context AS ctx
 ), fenced AS (
-    SELECT id, attempts, NULL::text AS on_complete, NULL::jsonb AS ctx FROM del
-    UNION ALL
-    SELECT id, attempts, on_complete, on_complete_context FROM upd
+    SELECT * FROM del UNION ALL SELECT * FROM upd
 ), pc AS (
     INSERT INTO {s}.pending_completion (pool, segment, work_id, attempt, status, error, retry, run_ms)
-    SELECT $1, {now}, cls.work_id, cls.attempt, cls.status, cls.error, cls.retry, cls.run_ms
-      FROM cls JOIN fenced f ON f.id = cls.work_id
+    SELECT $1, {now}, id, attempt, status, error, retry, run_ms FROM fenced
 ), lk AS (
     SELECT pg_advisory_xact_lock_shared($9) AS locked
 )
-SELECT f.id, f.attempts, cls.status, cls.retry, COALESCE(f.on_complete, ''), COALESCE(f.ctx::text, '')
-  FROM fenced f JOIN cls ON cls.work_id = f.id, lk`)
+SELECT f.id, f.attempts, f.status, f.retry, COALESCE(f.on_complete, ''), COALESCE(f.ctx::text, '')
+  FROM fenced f, lk`)
 
 	register("finishDelete", `
 DELETE FROM {s}.work WHERE id = ANY($1::bigint[]) AND result IS NOT NULL`)
