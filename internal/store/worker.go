@@ -74,7 +74,8 @@ WITH r AS (
      WHERE w.id = cls.work_id AND w.attempts = cls.attempt AND w.result IS NULL
        AND (cls.retry OR cls.has_on_complete)
     RETURNING w.id, w.attempts, cls.attempt, cls.status, cls.error, cls.retry, cls.run_ms,
-              w.on_complete, w.on_complete_context AS ctx
+              CASE WHEN cls.retry THEN NULL ELSE w.on_complete END AS on_complete,
+              CASE WHEN cls.retry THEN NULL ELSE w.on_complete_context END AS ctx
 ), fenced AS (
     SELECT * FROM del UNION ALL SELECT * FROM upd
 ), pc AS (

@@ -1,0 +1,42 @@
+# The two set-up commands are `make demo` and `make test`. Both use DATABASE_URL
+# when it is set; otherwise internal/pgtest/pgrun starts a throwaway Postgres from
+# this machine's binaries (unix socket in a temp dir, removed afterwards).
+
+GO      ?= go
+PGRUN   := $(GO) run ./internal/pgtest/pgrun
+FUZZTIME ?= 5s
+
+.PHONY: test demo bench lint fuzz soak test-faults postgres
+
+## postgres: install the Postgres server binaries with apt-get, only if none are found.
+postgres:
+	@if command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then :; else \
+		echo "No Postgres binaries found; installing them with apt-get."; \
+		SUDO=; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq postgresql >/dev/null; \
+	fi
+
+## test: every package with -race against one throwaway server, the examples' own modules, and short fuzz runs.
+test: postgres
+	$(PGRUN) -- bash -c '$(GO) test -race -count=1 ./... && cd examples/bench && $(GO) test -count=1 ./...'
+	$(MAKE) --no-print-directory fuzz
+
+## fuzz: run each fuzz target for FUZZTIME (CI runs a few seconds each).
+fuzz:
+	$(GO) test -run='^$$' -fuzz='^FuzzRoundTrip$$' -fuzztime=$(FUZZTIME) ./segments/
+	$(GO) test -run='^$$' -fuzz='^FuzzBound$$' -fuzztime=$(FUZZTIME) ./segments/
+
+## demo: the quickstart example, end to end.
+demo: postgres
+	$(GO) run ./examples/quickstart
+
+## bench: Go benchmarks and the side-by-side comparison with River (fsync on).
+bench: postgres
+	$(PGRUN) -fsync -- bash -c '$(GO) test -run="^$$" -bench=. -benchtime=3x ./loop/ ./workpool/ && cd examples/bench && $(GO) run . -mode drain && $(GO) run . -mode steady && $(GO) run . -mode latency && $(GO) run . -mode slots && $(GO) run . -mode backlog && $(GO) run . -mode idle'
+
+## lint: gofmt, go vet and staticcheck (fetched from the module proxy).
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+	cd examples/bench && $(GO) vet ./...
+	$(GO) run honnef.co/go/tools/cmd/staticcheck@2025.1.1 ./...
