@@ -101,6 +101,10 @@ type Config struct {
 	BatchSize int
 	// Recovery configures the recovery pass.
 	Recovery recovery.Config
+	// RecoveryPeriod is the least time between recovery passes (and full
+	// rescans of the pending tables) while anything runs. Default
+	// segments.RecoveryPeriod.
+	RecoveryPeriod time.Duration
 	// ReportInterval is the period of the report (ReportIntervalDefault).
 	ReportInterval time.Duration
 	// Cooldown and PollInterval: see CooldownDefault.
@@ -139,6 +143,9 @@ func New(cfg Config) *Loop {
 		cfg.Jitter = rand.Float64
 	}
 	cfg.Recovery = cfg.Recovery.WithDefaults()
+	if cfg.RecoveryPeriod <= 0 {
+		cfg.RecoveryPeriod = segments.RecoveryPeriod.Duration()
+	}
 	return &Loop{
 		cfg:      cfg,
 		keys:     store.KeysFor(cfg.Store.Schema(), cfg.Pool),
@@ -277,7 +284,7 @@ func (l *Loop) iterate(ctx context.Context, tx *sql.Tx, generation int64) (Outco
 	it.out.Generation = generation + 1
 	it.cursors.start, it.cursors.completion, it.cursors.cancelation = st.StartCursor, st.CompletionCursor, st.CancelationCursor
 	now := st.NowSegment
-	recoveryIter := st.RunningCount > 0 && segments.Segment(now-st.LastRecovery) >= segments.RecoveryPeriod
+	recoveryIter := st.RunningCount > 0 && segments.Segment(now-st.LastRecovery) >= l.recoveryPeriod()
 	from := func(cursor int64) int64 {
 		if recoveryIter {
 			return 0 // the recovery pass rescans every pending table from its start
@@ -531,7 +538,7 @@ func (l *Loop) decide(ctx context.Context, tx *sql.Tx, it *iteration, lastRecove
 		target, ok = p.NextStart.Int64, true
 	}
 	if it.running > 0 {
-		next := lastRecovery + int64(segments.RecoveryPeriod)
+		next := lastRecovery + int64(l.recoveryPeriod())
 		if !ok || next < target {
 			target, ok = next, true
 		}
@@ -549,6 +556,8 @@ func (l *Loop) decide(ctx context.Context, tx *sql.Tx, it *iteration, lastRecove
 		Generation: it.out.Generation,
 	})
 }
+
+func (l *Loop) recoveryPeriod() segments.Segment { return segments.Of(l.cfg.RecoveryPeriod) }
 
 // advance moves a cursor past the rows a phase consumed. A full batch stops
 // at its last row's segment (more may follow in that segment); otherwise

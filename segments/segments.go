@@ -71,6 +71,20 @@ func Of(d time.Duration) Segment {
 	return Segment(n)
 }
 
+// Duration returns how long s segments last: the inverse of Of for whole
+// segments. Counts beyond what a time.Duration holds (about 292 years)
+// saturate rather than wrap.
+func (s Segment) Duration() time.Duration {
+	const limit = Segment(math.MaxInt64 / int64(Duration))
+	switch {
+	case s > limit:
+		return math.MaxInt64
+	case s < -limit:
+		return math.MinInt64
+	}
+	return time.Duration(s) * Duration
+}
+
 // FromTime returns the segment containing t. It rounds down (toward the
 // past), also for times before 1970, so t always lies within the returned
 // segment. The location and monotonic reading of t are irrelevant. Times

@@ -413,3 +413,26 @@ func FuzzBound(f *testing.F) {
 		}
 	})
 }
+
+func TestSegmentDuration(t *testing.T) {
+	cases := []struct {
+		s    Segment
+		want time.Duration
+	}{
+		{0, 0},
+		{1, 100 * time.Millisecond},
+		{RecoveryPeriod, time.Minute},
+		{CursorBuffer, 15 * time.Second},
+		{-3, -300 * time.Millisecond},
+		{MaxSegment, math.MaxInt64},
+		{MinSegment, math.MinInt64},
+	}
+	for _, c := range cases {
+		if got := c.s.Duration(); got != c.want {
+			t.Errorf("Segment(%d).Duration() = %v, want %v", c.s, got, c.want)
+		}
+		if c.s > 0 && c.s < MaxSegment && Of(c.s.Duration()) != c.s {
+			t.Errorf("Of(Segment(%d).Duration()) != %d", c.s, c.s)
+		}
+	}
+}

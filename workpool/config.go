@@ -52,6 +52,8 @@ const (
 	// HeartbeatIntervalDefault, LeaseDefault and TimeoutGraceDefault: see
 	// the recovery package.
 	HeartbeatIntervalDefault = recovery.HeartbeatIntervalDefault
+	// RecoveryPeriodDefault is segments.RecoveryPeriod: one minute.
+	RecoveryPeriodDefault = time.Minute
 	LeaseDefault             = recovery.LeaseDefault
 	TimeoutGraceDefault      = recovery.GraceDefault
 	// BatchSizeDefault, ReportIntervalDefault, CooldownDefault,
@@ -143,6 +145,10 @@ type Config struct {
 	// Lease is how long a process may miss heartbeats before recovery
 	// retries its work elsewhere. Default LeaseDefault.
 	Lease time.Duration
+	// RecoveryPeriod is the least time between recovery passes while work
+	// runs: lost work is retried within Lease plus this. Default
+	// RecoveryPeriodDefault.
+	RecoveryPeriod time.Duration
 	// TimeoutGrace is how long past its deadline an attempt may run before
 	// recovery fails it, for processes that cannot report it themselves.
 	// Default TimeoutGraceDefault.
@@ -215,6 +221,7 @@ func (c Config) withDefaults() (Config, error) {
 		{"HeartbeatInterval", &c.HeartbeatInterval, HeartbeatIntervalDefault},
 		{"Lease", &c.Lease, LeaseDefault},
 		{"TimeoutGrace", &c.TimeoutGrace, TimeoutGraceDefault},
+		{"RecoveryPeriod", &c.RecoveryPeriod, RecoveryPeriodDefault},
 		{"ReportInterval", &c.ReportInterval, ReportIntervalDefault},
 		{"Cooldown", &c.Cooldown, CooldownDefault},
 		{"PollInterval", &c.PollInterval, PollIntervalDefault},

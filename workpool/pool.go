@@ -77,6 +77,7 @@ func New(db *bun.DB, cfg Config) (*Pool, error) {
 		Logger:         p.log,
 		BatchSize:      cfg.BatchSize,
 		Recovery:       recovery.Config{Lease: cfg.Lease, Grace: cfg.TimeoutGrace},
+		RecoveryPeriod: cfg.RecoveryPeriod,
 		ReportInterval: cfg.ReportInterval,
 		Cooldown:       cfg.Cooldown,
 		PollInterval:   cfg.PollInterval,
