@@ -54,8 +54,8 @@ const (
 	HeartbeatIntervalDefault = recovery.HeartbeatIntervalDefault
 	// RecoveryPeriodDefault is segments.RecoveryPeriod: one minute.
 	RecoveryPeriodDefault = time.Minute
-	LeaseDefault             = recovery.LeaseDefault
-	TimeoutGraceDefault      = recovery.GraceDefault
+	LeaseDefault          = recovery.LeaseDefault
+	TimeoutGraceDefault   = recovery.GraceDefault
 	// BatchSizeDefault, ReportIntervalDefault, CooldownDefault,
 	// PollIntervalDefault and HealthcheckIntervalDefault: see the loop
 	// package.

@@ -196,7 +196,7 @@ func showProgress(ctx context.Context, db *bun.DB, pool *workpool.Pool) error {
 	last := time.Time{}
 	for {
 		var done int
-		if err := db.NewSelect().TableExpr(schema + ".outcomes").ColumnExpr("count(*)").Scan(ctx, &done); err != nil {
+		if err := db.NewSelect().TableExpr(schema+".outcomes").ColumnExpr("count(*)").Scan(ctx, &done); err != nil {
 			return err
 		}
 		st, err := pool.Stats(ctx)
