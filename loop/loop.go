@@ -325,6 +325,9 @@ func (l *Loop) iterate(ctx context.Context, tx *sql.Tx, generation int64) (Outco
 	lastActivity := st.LastActivity
 	if didWork {
 		lastActivity = now
+		it.out.Next = NextNow
+	} else if err := l.decide(ctx, tx, it, lastRecovery, lastActivity); err != nil {
+		return Outcome{}, nil, err
 	}
 	it.out.Signals = it.payload()
 	if err := s.SaveState(ctx, tx, pool, store.SavedState{
@@ -334,13 +337,6 @@ func (l *Loop) iterate(ctx context.Context, tx *sql.Tx, generation int64) (Outco
 		RunningCount: it.running,
 		Counters:     it.counters,
 	}, l.keys.Channel, it.out.Signals); err != nil {
-		return Outcome{}, nil, err
-	}
-	if didWork {
-		it.out.Next = NextNow
-		return it.out, report, nil
-	}
-	if err := l.decide(ctx, tx, it, lastRecovery, lastActivity); err != nil {
 		return Outcome{}, nil, err
 	}
 	return it.out, report, nil
@@ -525,7 +521,23 @@ func (l *Loop) decide(ctx context.Context, tx *sql.Tx, it *iteration, lastRecove
 	}
 	now := p.NowSegment
 	capacity := it.st.MaxParallelism - it.running
-	if p.Completions || p.Cancelations || (capacity > 0 && p.NextStart.Valid && p.NextStart.Int64 <= now) {
+	// Rows found here but not by this iteration's phases committed behind
+	// their cursor: move the cursor back so the next iteration reaches them.
+	buffer := int64(segments.CursorBuffer)
+	actionable := false
+	if p.Completion.Valid {
+		it.cursors.completion = min(it.cursors.completion, p.Completion.Int64+buffer)
+		actionable = true
+	}
+	if p.Cancelation.Valid {
+		it.cursors.cancelation = min(it.cursors.cancelation, p.Cancelation.Int64+buffer)
+		actionable = true
+	}
+	if capacity > 0 && p.Start.Valid && p.Start.Int64 <= now {
+		it.cursors.start = min(it.cursors.start, p.Start.Int64+buffer)
+		actionable = true
+	}
+	if actionable {
 		it.out.Next = NextNow
 		return nil
 	}
@@ -534,8 +546,8 @@ func (l *Loop) decide(ctx context.Context, tx *sql.Tx, it *iteration, lastRecove
 		return nil
 	}
 	target, ok := int64(0), false
-	if capacity > 0 && p.NextStart.Valid {
-		target, ok = p.NextStart.Int64, true
+	if capacity > 0 && p.Start.Valid {
+		target, ok = p.Start.Int64, true
 	}
 	if it.running > 0 {
 		next := lastRecovery + int64(l.recoveryPeriod())

@@ -154,8 +154,8 @@ RETURNING (SELECT count(*) FROM n)`)
 	// buffer committed rows behind the cursors, and going idle must not
 	// strand them.
 	register("recheck", `
-SELECT EXISTS (SELECT 1 FROM {s}.pending_completion WHERE pool = $1),
-       EXISTS (SELECT 1 FROM {s}.pending_cancelation WHERE pool = $1),
+SELECT (SELECT min(segment) FROM {s}.pending_completion WHERE pool = $1),
+       (SELECT min(segment) FROM {s}.pending_cancelation WHERE pool = $1),
        (SELECT min(segment) FROM {s}.pending_start WHERE pool = $1),
        {now}`)
 
@@ -409,18 +409,19 @@ func (s *Store) TryKickLock(ctx context.Context, q Querier, key int64) (bool, er
 	return ok, nil
 }
 
-// Pending summarizes the pending tables of a pool.
+// Pending summarizes the pending tables of a pool: the earliest segment of
+// each (invalid when the table has no row of the pool).
 type Pending struct {
-	Completions  bool
-	Cancelations bool
-	NextStart    sql.NullInt64 // earliest pending_start segment
-	NowSegment   int64
+	Completion  sql.NullInt64
+	Cancelation sql.NullInt64
+	Start       sql.NullInt64
+	NowSegment  int64
 }
 
-// Recheck reads the pending tables from their first row (see the SQL).
+// Recheck reads the earliest row of each pending table (see the SQL).
 func (s *Store) Recheck(ctx context.Context, q Querier, pool string) (Pending, error) {
 	var p Pending
-	if err := q.QueryRowContext(ctx, s.sql("recheck"), pool).Scan(&p.Completions, &p.Cancelations, &p.NextStart, &p.NowSegment); err != nil {
+	if err := q.QueryRowContext(ctx, s.sql("recheck"), pool).Scan(&p.Completion, &p.Cancelation, &p.Start, &p.NowSegment); err != nil {
 		return Pending{}, fmt.Errorf("recheck: %w", err)
 	}
 	return p, nil
