@@ -40,6 +40,9 @@ type DriverConfig struct {
 	// the kick). It is called after every (re)connect with all of them,
 	// because notifications may have been missed. It must not block.
 	OnSignal func(signals string)
+	// OnLeaderChange, if set, is told when this process gains or loses the
+	// pool's leadership. It must not block.
+	OnLeaderChange func(leader bool)
 
 	HealthcheckInterval time.Duration
 	IterationTimeout    time.Duration
@@ -71,6 +74,9 @@ func NewDriver(cfg DriverConfig) *Driver {
 	}
 	if cfg.OnSignal == nil {
 		cfg.OnSignal = func(string) {}
+	}
+	if cfg.OnLeaderChange == nil {
+		cfg.OnLeaderChange = func(bool) {}
 	}
 	return &Driver{cfg: cfg, kickCh: make(chan struct{}, 1)}
 }
@@ -121,7 +127,7 @@ func (d *Driver) listen(ctx context.Context) {
 		}
 		backoff = 100 * time.Millisecond
 		err = d.serve(ctx, conn)
-		d.leader.Store(false)
+		d.setLeader(ctx, false)
 		closeCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 		if ctx.Err() != nil {
 			d.handOver(closeCtx, conn)
@@ -139,6 +145,9 @@ func (d *Driver) connect(ctx context.Context) (*pgx.Conn, error) {
 	// A config copied from a live connection keeps that connection's
 	// notification hook; ours must buffer its own notifications.
 	cfg.OnNotification = nil
+	// Name the connection after the pool's channel so operators (and
+	// tests) can find the listeners of one pool in pg_stat_activity.
+	cfg.RuntimeParams["application_name"] = d.cfg.Loop.keys.Channel
 	conn, err := pgx.ConnectConfig(ctx, cfg)
 	if err != nil {
 		return nil, err
@@ -211,11 +220,22 @@ func (d *Driver) tryLead(ctx context.Context, conn *pgx.Conn) error {
 		return err
 	}
 	if ok {
-		d.leader.Store(true)
-		d.cfg.Logger.Debug(ctx, "loop: this process now leads the pool")
+		d.setLeader(ctx, true)
 		d.Kick()
 	}
 	return nil
+}
+
+func (d *Driver) setLeader(ctx context.Context, leader bool) {
+	if d.leader.Swap(leader) == leader {
+		return
+	}
+	if leader {
+		d.cfg.Logger.Debug(ctx, "loop: this process now leads the pool")
+	} else {
+		d.cfg.Logger.Debug(ctx, "loop: this process no longer leads the pool")
+	}
+	d.cfg.OnLeaderChange(leader)
 }
 
 // healthcheck runs on a follower while the pool has work: take over if the

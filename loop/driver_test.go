@@ -1,0 +1,237 @@
+package loop_test
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"log/slog"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/pgworkpool/pgworkpool/internal/pgtest"
+	"github.com/pgworkpool/pgworkpool/internal/store"
+	"github.com/pgworkpool/pgworkpool/loop"
+	"github.com/pgworkpool/pgworkpool/stats"
+)
+
+// process is one driver as a separate process would run it: its own Loop,
+// its own LISTEN connection, and channels fed by the driver's hooks.
+type process struct {
+	name    string
+	driver  *loop.Driver
+	cancel  context.CancelFunc
+	done    chan struct{}
+	leader  chan bool
+	started chan struct{} // one value per iteration that started work
+}
+
+func (h *harness) startProcess(t *testing.T, name string) *process {
+	t.Helper()
+	cfg, err := pgx.ParseConfig(pgtest.Shared(t).URL())
+	require.NoError(t, err)
+	logger := stats.NewLogger(slog.New(slog.NewTextHandler(h.logs, &slog.HandlerOptions{Level: slog.LevelDebug})), pool, stats.LevelWarn)
+	lp := loop.New(loop.Config{Pool: pool, Store: h.st, DB: h.sqlDB, Logger: logger})
+	p := &process{name: name, done: make(chan struct{}), leader: make(chan bool, 16), started: make(chan struct{}, 100000)}
+	p.driver = loop.NewDriver(loop.DriverConfig{
+		Loop: lp, ConnConfig: cfg, Logger: logger,
+		HealthcheckInterval: 200 * time.Millisecond,
+		OnLeaderChange:      func(l bool) { p.leader <- l },
+		OnSignal: func(s string) {
+			// Only the iteration's in-process signal carries exactly "s"
+			// once per start; reconnects send every letter.
+			if s == "s" {
+				p.started <- struct{}{}
+			}
+		},
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	p.cancel = cancel
+	go func() {
+		defer close(p.done)
+		p.driver.Run(ctx)
+	}()
+	t.Cleanup(p.stop)
+	return p
+}
+
+func (p *process) stop() {
+	p.cancel()
+	<-p.done
+}
+
+// enqueue adds one due item the way Pool.Enqueue does: insert (with the
+// shared kick lock), then the kick, in one transaction.
+func (h *harness) enqueue(t *testing.T) int64 {
+	t.Helper()
+	var id int64
+	require.NoError(t, withTx(h.ctx, h.sqlDB, func(tx *sql.Tx) error {
+		ids, seg, err := h.st.InsertWork(h.ctx, tx, store.NewWork{
+			Pool: pool, Fn: "fn", MaxAttempts: 1, BackoffBase: 1, TimeoutMs: 60000,
+			Labels: []string{""}, Args: []string{"{}"}, Contexts: []string{""},
+		}, h.keys.KickLock)
+		if err != nil {
+			return err
+		}
+		id = ids[0]
+		_, err = h.st.Kick(h.ctx, tx, pool, h.keys, store.KickSource{Due: seg, StartsOnly: true})
+		return err
+	}))
+	return id
+}
+
+func waitLeader(t *testing.T, procs []*process, timeout time.Duration) *process {
+	t.Helper()
+	deadline := time.After(timeout)
+	for {
+		for _, p := range procs {
+			select {
+			case l := <-p.leader:
+				if l {
+					return p
+				}
+			default:
+			}
+		}
+		select {
+		case <-deadline:
+			t.Fatalf("no process became leader within %v", timeout)
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+}
+
+// waitRunning waits, on the start signals of p, until n rows are running.
+// A signal may be stale (the NOTIFY echo of one already counted), so the
+// count decides; a missing signal times out.
+func (h *harness) waitRunning(t *testing.T, p *process, n int64, what string) {
+	t.Helper()
+	const timeout = 5 * time.Second
+	for h.scalar("SELECT count(*) FROM {s}.running") < n {
+		select {
+		case <-p.started:
+		case <-time.After(timeout):
+			t.Fatalf("%s: %d of %d running after %v without a start (lost wake-up?)",
+				what, h.scalar("SELECT count(*) FROM {s}.running"), n, timeout)
+		}
+	}
+}
+
+func TestDriversElectOneLeaderAndFailOver(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, harnessOpts{maxParallelism: 100000})
+	procs := []*process{h.startProcess(t, "a"), h.startProcess(t, "b"), h.startProcess(t, "c")}
+	leader := waitLeader(t, procs, 10*time.Second)
+
+	before := map[string]int64{}
+	for _, p := range procs {
+		before[p.name] = p.driver.Iterations()
+	}
+	for i := range 20 {
+		h.enqueue(t)
+		h.waitRunning(t, leader, int64(i+1), fmt.Sprintf("item %d", i))
+	}
+	for _, p := range procs {
+		n := p.driver.Iterations() - before[p.name]
+		if p == leader {
+			assert.Positive(t, n, "the leader iterates")
+		} else {
+			assert.Zero(t, n, "process %s iterated while %s leads", p.name, leader.name)
+			assert.False(t, p.driver.Leader())
+		}
+	}
+
+	// Close the leader: another process takes over at once (handover kick).
+	closed := time.Now()
+	leader.stop()
+	var rest []*process
+	for _, p := range procs {
+		if p != leader {
+			rest = append(rest, p)
+		}
+	}
+	next := waitLeader(t, rest, 5*time.Second)
+	t.Logf("failover after close took %v", time.Since(closed))
+	h.enqueue(t)
+	h.waitRunning(t, next, 21, "after failover")
+	h.checkRunningCount()
+}
+
+func TestLeaderLosesListenConnection(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, harnessOpts{maxParallelism: 100000})
+	procs := []*process{h.startProcess(t, "a"), h.startProcess(t, "b")}
+	waitLeader(t, procs, 10*time.Second)
+	// Kill every LISTEN connection of this pool's channel: the drivers
+	// must reconnect, re-elect, and keep serving kicks.
+	n := h.scalar(`SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = ?`, h.keys.Channel)
+	require.Positive(t, n)
+	leader := waitLeader(t, procs, 15*time.Second)
+	for i := range 5 {
+		h.enqueue(t)
+		h.waitRunning(t, leader, int64(i+1), fmt.Sprintf("item %d after reconnect", i))
+	}
+}
+
+// TestKickRace races enqueues against the loop's move to idle thousands of
+// times: each item is enqueued right after the previous one started, while
+// the loop is finishing the iteration in which it will decide to go idle.
+// A lost wake-up leaves an item unstarted and fails the test.
+func TestKickRace(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, harnessOpts{maxParallelism: 1000000})
+	p := h.startProcess(t, "only")
+	waitLeader(t, []*process{p}, 10*time.Second)
+	rounds := 3000
+	if testing.Short() {
+		rounds = 300
+	}
+	const producers = 3
+	for i := 0; i < rounds; i += producers {
+		var wg sync.WaitGroup
+		for range producers {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				h.enqueue(t)
+			}()
+		}
+		wg.Wait()
+		h.waitRunning(t, p, int64(i+producers), fmt.Sprintf("round %d", i))
+	}
+	assert.Zero(t, h.scalar("SELECT count(*) FROM {s}.pending_start"))
+	h.checkRunningCount()
+}
+
+// TestLongProducerTransactionKeepsLoopAwake: a producer that holds its
+// transaction open blocks nobody (other enqueues start meanwhile), and its
+// own item starts as soon as it commits, with no further kick.
+func TestLongProducerTransactionKeepsLoopAwake(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, harnessOpts{maxParallelism: 1000})
+	p := h.startProcess(t, "only")
+	waitLeader(t, []*process{p}, 10*time.Second)
+
+	tx, err := h.sqlDB.BeginTx(h.ctx, nil)
+	require.NoError(t, err)
+	defer tx.Rollback()
+	ids, seg, err := h.st.InsertWork(h.ctx, tx, store.NewWork{Pool: pool, Fn: "fn", MaxAttempts: 1, BackoffBase: 1, TimeoutMs: 1000,
+		Labels: []string{""}, Args: []string{"{}"}, Contexts: []string{""}}, h.keys.KickLock)
+	require.NoError(t, err)
+	_, err = h.st.Kick(h.ctx, tx, pool, h.keys, store.KickSource{Due: seg, StartsOnly: true})
+	require.NoError(t, err)
+
+	// Meanwhile other producers enqueue and their work starts.
+	for i := range 5 {
+		h.enqueue(t)
+		h.waitRunning(t, p, int64(i+1), fmt.Sprintf("concurrent item %d", i))
+	}
+	assert.Equal(t, store.RunRunning, h.runStatus().State, "the loop cannot go idle while a producer is in flight")
+	require.NoError(t, tx.Commit())
+	h.waitRunning(t, p, 6, "the long transaction's item")
+	assert.Equal(t, int64(1), h.scalar("SELECT count(*) FROM {s}.running WHERE work_id = ?", ids[0]))
+}
