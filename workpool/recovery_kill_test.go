@@ -58,6 +58,14 @@ func rkRecordCompletion(schema string, calls *atomic.Int64) func(ctx context.Con
 	}
 }
 
+// rkCompletionTable creates the table rkRecordCompletion writes to.
+func rkCompletionTable(e *env) {
+	e.t.Helper()
+	_, err := e.db.ExecContext(context.Background(), "CREATE TABLE "+e.schema+".kill_completions "+
+		"(work_id bigint NOT NULL, status text NOT NULL, value int, error text, context text, attempts int)")
+	require.NoError(e.t, err)
+}
+
 func rkCompletions(e *env) []rkCompletion {
 	e.t.Helper()
 	var out []rkCompletion
@@ -117,9 +125,7 @@ func TestRecoveryAfterSIGKILL(t *testing.T) {
 	ctx := context.Background()
 	_, err := e.db.ExecContext(ctx, "CREATE TABLE "+e.schema+".held (work_id bigint NOT NULL, pid int NOT NULL)")
 	require.NoError(t, err)
-	_, err = e.db.ExecContext(ctx, "CREATE TABLE "+e.schema+".kill_completions "+
-		"(work_id bigint NOT NULL, status text NOT NULL, value int, error text, context text, attempts int)")
-	require.NoError(t, err)
+	rkCompletionTable(e)
 	const name = "killed"
 	logs := &slogCapture{}
 	p := e.pool(workpool.Config{
