@@ -123,8 +123,6 @@ func TestRecoveryAfterSIGKILL(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
 	ctx := context.Background()
-	_, err := e.db.ExecContext(ctx, "CREATE TABLE "+e.schema+".held (work_id bigint NOT NULL, pid int NOT NULL)")
-	require.NoError(t, err)
 	rkCompletionTable(e)
 	const name = "killed"
 	logs := &slogCapture{}
@@ -168,37 +166,7 @@ func TestRecoveryAfterSIGKILL(t *testing.T) {
 		require.NoError(t, err)
 	}
 
-	var out bytes.Buffer
-	cmd := exec.Command(os.Args[0], "-test.run=^TestRecoveryWorkerProcess$", "-test.count=1", "-test.v")
-	cmd.Env = append(os.Environ(),
-		killChildEnv+"=1",
-		"DATABASE_URL="+pgtest.Shared(t).URL(),
-		killSchemaEnv+"="+e.schema,
-		killPoolEnv+"="+name,
-	)
-	cmd.Stdout, cmd.Stderr = &rkSyncWriter{w: &out}, &rkSyncWriter{w: &out}
-	require.NoError(t, cmd.Start())
-	killed := false
-	t.Cleanup(func() {
-		if !killed {
-			_ = cmd.Process.Kill()
-			_ = cmd.Wait()
-		}
-		if t.Failed() {
-			t.Logf("worker process output:\n%s", out.String())
-		}
-	})
-
-	waitFor(t, 60*time.Second, "the worker process to hold every item", func() bool {
-		return e.count("SELECT count(*) FROM "+e.schema+".held") == n &&
-			e.count("SELECT count(*) FROM "+e.schema+".running r JOIN "+e.schema+".workers w ON w.id = r.claimed_by WHERE w.pid = ?", cmd.Process.Pid) == n
-	})
-	require.Equal(t, n, e.count("SELECT count(DISTINCT work_id) FROM "+e.schema+".held WHERE work_id IN (?)", bun.In(rkIDs(ids))))
-
-	require.NoError(t, cmd.Process.Signal(syscall.SIGKILL))
-	killedAt := time.Now()
-	_ = cmd.Wait()
-	killed = true
+	killedAt := rkKillWorkerHolding(t, e, name, rkIDs(ids))
 	assert.Zero(t, calls.Load(), "this process had not started yet, so it ran nothing")
 
 	require.NoError(t, p.Start(ctx))
@@ -279,6 +247,47 @@ func TestRecoveryAfterSIGKILL(t *testing.T) {
 	st, err := p.Stats(ctx)
 	require.NoError(t, err)
 	assert.Zero(t, st.Running)
+}
+
+// rkKillWorkerHolding starts the worker process (TestRecoveryWorkerProcess)
+// on pool name of e's schema, waits until it has claimed every one of ids
+// and its handlers hold them, SIGKILLs it and returns when.
+func rkKillWorkerHolding(t *testing.T, e *env, name string, ids []int64) time.Time {
+	t.Helper()
+	ctx := context.Background()
+	_, err := e.db.ExecContext(ctx, "CREATE TABLE IF NOT EXISTS "+e.schema+".held (work_id bigint NOT NULL, pid int NOT NULL)")
+	require.NoError(t, err)
+	var out bytes.Buffer
+	cmd := exec.Command(os.Args[0], "-test.run=^TestRecoveryWorkerProcess$", "-test.count=1", "-test.v")
+	cmd.Env = append(os.Environ(),
+		killChildEnv+"=1",
+		"DATABASE_URL="+pgtest.Shared(t).URL(),
+		killSchemaEnv+"="+e.schema,
+		killPoolEnv+"="+name,
+	)
+	cmd.Stdout, cmd.Stderr = &rkSyncWriter{w: &out}, &rkSyncWriter{w: &out}
+	require.NoError(t, cmd.Start())
+	killed := false
+	t.Cleanup(func() {
+		if !killed {
+			_ = cmd.Process.Kill()
+			_ = cmd.Wait()
+		}
+		if t.Failed() {
+			t.Logf("worker process output:\n%s", out.String())
+		}
+	})
+	n := len(ids)
+	waitFor(t, 60*time.Second, "the worker process to hold every item", func() bool {
+		return e.count("SELECT count(DISTINCT work_id) FROM "+e.schema+".held WHERE work_id IN (?)", bun.In(ids)) == n &&
+			e.count("SELECT count(*) FROM "+e.schema+".running r JOIN "+e.schema+".workers w ON w.id = r.claimed_by "+
+				"WHERE w.pid = ? AND r.work_id IN (?)", cmd.Process.Pid, bun.In(ids)) == n
+	})
+	require.NoError(t, cmd.Process.Signal(syscall.SIGKILL))
+	killedAt := time.Now()
+	_ = cmd.Wait()
+	killed = true
+	return killedAt
 }
 
 func rkIDs(ids []workpool.WorkID) []int64 {
