@@ -84,10 +84,19 @@ func TestAPISetMaxParallelism(t *testing.T) {
 	for _, id := range blockers {
 		assert.Equal(t, "success", e.waitCompletion(id, 10*time.Second).Status)
 	}
+	waitFor(t, 10*time.Second, "the loop to free the blockers' slots", func() bool {
+		s, err := p.Stats(ctx)
+		require.NoError(t, err)
+		return s.Running == 0
+	})
 	stayFor(t, 500*time.Millisecond, "the paused pool starting nothing", func() bool {
 		s, err := p.Stats(ctx)
 		require.NoError(t, err)
-		return quick.Load() == 0 && s.Running == 0 && s.Backlog == 5
+		if quick.Load() != 0 || s.Running != 0 || s.Backlog != 5 {
+			t.Logf("paused pool: %d handler calls, running %d, backlog %d", quick.Load(), s.Running, s.Backlog)
+			return false
+		}
+		return true
 	})
 
 	resumed := time.Now()
@@ -125,7 +134,7 @@ func TestAPISetLogLevel(t *testing.T) {
 	assert.Empty(t, logs.events("enqueued", quiet), "LogReport (the default) logged an event")
 
 	require.NoError(t, p.SetLogLevel(ctx, workpool.LogInfo))
-	assert.Equal(t, "info", scanString(t, e, "SELECT log_level FROM "+e.schema+".config WHERE pool = ?", p.Name()))
+	assert.Equal(t, "info", scanString(t, e, "SELECT log_level FROM "+e.schema+".config WHERE pool = $1", p.Name()))
 	loud := enqueue(t, p, f, num{N: 2}, workpool.OnComplete(done, ""))
 	e.waitCompletion(loud, 10*time.Second)
 	assert.Len(t, logs.events("enqueued", loud), 1)
