@@ -17,7 +17,7 @@ import (
 // canceled and gets its onComplete with Status Canceled and no attempts.
 func TestAPICancelPending(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t)
+	e := newAPIEnv(t)
 	p := e.pool(workpool.Config{MaxParallelism: 1})
 	var calls callCounter
 	release := make(chan struct{})
@@ -74,7 +74,7 @@ func TestAPICancelPending(t *testing.T) {
 // returns after that.
 func TestAPICancelRunning(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t)
+	e := newAPIEnv(t)
 	p := e.pool(workpool.Config{MaxParallelism: 4})
 	var calls callCounter
 	started := make(chan int, 10)
@@ -126,7 +126,7 @@ func TestAPICancelRunning(t *testing.T) {
 // running, and returns how many it canceled; none of the pending ones run.
 func TestAPICancelAll(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t)
+	e := newAPIEnv(t)
 	p := e.pool(workpool.Config{MaxParallelism: 2})
 	var calls atomic.Int64
 	started := make(chan struct{}, 10)

@@ -17,7 +17,7 @@ import (
 // never runs more than MaxParallelism handlers at once.
 func TestAPIParallelismLimit(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t)
+	e := newAPIEnv(t)
 	p := e.pool(workpool.Config{MaxParallelism: 3, Workers: 12})
 	var inflight, peak atomic.Int32
 	f := mustRegister(t, p, "f", func(ctx context.Context, a num) (int, error) {
@@ -50,7 +50,7 @@ func TestAPIParallelismLimit(t *testing.T) {
 // recorded, nothing new starts); raising the limit resumes it promptly.
 func TestAPISetMaxParallelism(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t)
+	e := newAPIEnv(t)
 	p := e.pool(workpool.Config{MaxParallelism: 2, Workers: 10})
 	started := make(chan struct{}, 2)
 	release := make(chan struct{})
@@ -118,7 +118,7 @@ func TestAPISetMaxParallelism(t *testing.T) {
 // logged; SetLogLevel changes it at runtime, for every process.
 func TestAPISetLogLevel(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t)
+	e := newAPIEnv(t)
 	logs, otherLogs := &logCapture{}, &logCapture{}
 	p := e.pool(workpool.Config{MaxParallelism: 2, Logger: logs.logger()})
 	other := e.pool(workpool.Config{Logger: otherLogs.logger()}) // same pool, another "process"
@@ -161,7 +161,7 @@ func TestAPISetLogLevel(t *testing.T) {
 // pool's current sizes.
 func TestAPIStats(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t)
+	e := newAPIEnv(t)
 	p := e.pool(workpool.Config{MaxParallelism: 3})
 	var calls callCounter
 	started := make(chan struct{}, 1)
@@ -228,7 +228,7 @@ func TestAPIStats(t *testing.T) {
 // the pool refuses calls with ErrPoolClosed.
 func TestAPIStopWaitsForHandlers(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t)
+	e := newAPIEnv(t)
 	p := e.pool(workpool.Config{MaxParallelism: 2})
 	started := make(chan struct{}, 1)
 	release := make(chan struct{})
@@ -283,7 +283,7 @@ func TestAPIStopWaitsForHandlers(t *testing.T) {
 // its functions that another process's loop starts afterwards.
 func TestAPIStopNoNewClaims(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t)
+	e := newAPIEnv(t)
 	stopped := e.pool(workpool.Config{MaxParallelism: 2})
 	var calls atomic.Int32
 	mustRegister(t, stopped, "f", func(ctx context.Context, a num) (int, error) {
@@ -321,7 +321,7 @@ func TestAPIStopReleasesWork(t *testing.T) {
 		}
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
-			e := newEnv(t)
+			e := newAPIEnv(t)
 			first := e.pool(workpool.Config{MaxParallelism: 2})
 			started := make(chan struct{}, 1)
 			canceled := make(chan error, 1)

@@ -21,7 +21,7 @@ import (
 // to the onComplete handler.
 func TestAPIEnqueue(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t)
+	e := newAPIEnv(t)
 	p := e.pool(workpool.Config{MaxParallelism: 3})
 	double := mustRegister(t, p, "double", func(ctx context.Context, a num) (int, error) { return 2 * a.N, nil })
 	done := mustOnComplete(t, e, p, "done")
@@ -62,7 +62,7 @@ func TestAPIEnqueue(t *testing.T) {
 // writes nothing.
 func TestAPIEnqueueErrors(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t)
+	e := newAPIEnv(t)
 	p := e.pool(workpool.Config{MaxPayloadBytes: 100})
 	other := e.pool(workpool.Config{Name: "other"})
 	f := mustRegister(t, p, "f", func(ctx context.Context, a num) (int, error) { return a.N, nil })
@@ -150,7 +150,7 @@ func TestAPIEnqueueErrors(t *testing.T) {
 // if the caller commits, and does not run before the commit.
 func TestAPIEnqueueTx(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t)
+	e := newAPIEnv(t)
 	p := e.pool(workpool.Config{MaxParallelism: 4})
 	ran := make(chan int, 10)
 	f := mustRegister(t, p, "f", func(ctx context.Context, a num) (int, error) {
@@ -229,7 +229,7 @@ func TestAPIEnqueueTx(t *testing.T) {
 // transaction, and a large batch is fast.
 func TestAPIEnqueueBatch(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t)
+	e := newAPIEnv(t)
 	p := e.pool(workpool.Config{MaxParallelism: 10})
 	var calls atomic.Int64
 	f := mustRegister(t, p, "f", func(ctx context.Context, a num) (int, error) {
@@ -306,7 +306,7 @@ func TestAPIEnqueueBatch(t *testing.T) {
 // nothing with it.
 func TestAPIEnqueueBatchTx(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t)
+	e := newAPIEnv(t)
 	p := e.pool(workpool.Config{MaxParallelism: 10})
 	var calls atomic.Int64
 	f := mustRegister(t, p, "f", func(ctx context.Context, a num) (int, error) {
@@ -360,7 +360,7 @@ func TestAPIEnqueueBatchTx(t *testing.T) {
 // 100 ms segment) and starts promptly then.
 func TestAPIRunAtRunAfter(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t)
+	e := newAPIEnv(t)
 	p := e.pool(workpool.Config{MaxParallelism: 4})
 	started := make(chan struct {
 		n  int
@@ -426,7 +426,7 @@ func waitState(t *testing.T, p *workpool.Pool, id workpool.WorkID, want workpool
 // TestAPILabel: the label is stored and carried by every event of the item.
 func TestAPILabel(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t)
+	e := newAPIEnv(t)
 	logs := &logCapture{}
 	p := e.pool(workpool.Config{MaxParallelism: 2, LogLevel: workpool.LogInfo, Logger: logs.logger()})
 	release := make(chan struct{})
@@ -469,7 +469,7 @@ func itoa(i int) string { return strconv.Itoa(i) }
 // its context; Config.DefaultTimeout applies without the option.
 func TestAPITimeout(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t)
+	e := newAPIEnv(t)
 	p := e.pool(workpool.Config{MaxParallelism: 4, DefaultTimeout: 300 * time.Millisecond})
 	type seen struct {
 		n        int

@@ -18,6 +18,33 @@ import (
 
 // Helpers shared by the api_*_test.go files.
 
+// newAPIEnv is newEnv plus a cleanup that runs after the test's pools have
+// stopped and before the schema is dropped: it waits until no server
+// backend is still executing a statement on the schema. Stop cancels an
+// in-flight loop iteration by closing its connection, and the server keeps
+// running that statement until it next talks to the client, so DROP SCHEMA
+// could otherwise deadlock with it (see the report: bug_stop_orphans_loop_tx).
+func newAPIEnv(t *testing.T) *env {
+	t.Helper()
+	e := newAPIEnv(t)
+	t.Cleanup(e.settle)
+	return e
+}
+
+func (e *env) settle() {
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		var n int
+		err := e.db.DB.QueryRowContext(context.Background(),
+			"SELECT count(*) FROM pg_stat_activity WHERE pid <> pg_backend_pid() AND state <> 'idle' "+
+				"AND position($1 in query) > 0", e.schema).Scan(&n)
+		if err != nil || n == 0 {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
 // num is the argument type of most test functions: N tells items apart.
 type num struct{ N int }
 

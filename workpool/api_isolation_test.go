@@ -68,7 +68,7 @@ func (e *env) completionsWhere(kind string) int {
 // names, keep separate limits, counters, pauses, cancels and recovery.
 func TestAPITwoPoolsIsolated(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t)
+	e := newAPIEnv(t)
 	a := newIsolatedPool(t, e, "a", 1)
 	b := newIsolatedPool(t, e, "b", 3)
 	start(t, a.p)

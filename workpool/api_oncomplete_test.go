@@ -22,7 +22,7 @@ import (
 // fail the handler and leave the work row behind.
 func TestAPIOnCompleteExactlyOnce(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t)
+	e := newAPIEnv(t)
 	p := e.pool(workpool.Config{MaxParallelism: 8})
 	var invocations atomic.Int64
 	running := make(chan struct{}, 10)
@@ -88,7 +88,7 @@ func TestAPIOnCompleteExactlyOnce(t *testing.T) {
 // with the error. Other items of the same batch are not held back.
 func TestAPIOnCompleteErrors(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t)
+	e := newAPIEnv(t)
 	p := e.pool(workpool.Config{MaxParallelism: 4, OnCompleteAttempts: 3, OnCompleteBackoff: 20 * time.Millisecond})
 	f := mustRegister(t, p, "f", func(ctx context.Context, a num) (int, error) { return a.N, nil })
 	var mu sync.Mutex

@@ -42,7 +42,7 @@ func (c *callCounter) get(k int) int {
 // pool's DefaultRetry.
 func TestAPIRetryOptions(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t)
+	e := newAPIEnv(t)
 	defaultRetry := workpool.RetryBehavior{MaxAttempts: 3, InitialBackoff: 10 * time.Millisecond, Base: 1}
 	byDefault := e.pool(workpool.Config{Name: "by-default", MaxParallelism: 10, RetryByDefault: true, DefaultRetry: defaultRetry})
 	optIn := e.pool(workpool.Config{Name: "opt-in", MaxParallelism: 10, DefaultRetry: defaultRetry})
@@ -90,7 +90,7 @@ func TestAPIRetryOptions(t *testing.T) {
 // with %w, whatever retries remain; a later success ends it as succeeded.
 func TestAPINonRetryable(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t)
+	e := newAPIEnv(t)
 	p := e.pool(workpool.Config{MaxParallelism: 5})
 	var calls callCounter
 	f := mustRegister(t, p, "f", func(ctx context.Context, a num) (int, error) {
@@ -130,7 +130,7 @@ func TestAPINonRetryable(t *testing.T) {
 // retried if retries remain, and the worker keeps going.
 func TestAPIPanic(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t)
+	e := newAPIEnv(t)
 	p := e.pool(workpool.Config{MaxParallelism: 3})
 	var calls callCounter
 	f := mustRegister(t, p, "f", func(ctx context.Context, a num) (int, error) {
@@ -163,7 +163,7 @@ func TestAPIPanic(t *testing.T) {
 // timer, the claim and the -race scheduler on a loaded machine (+250 ms).
 func TestAPIRetryBackoff(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t)
+	e := newAPIEnv(t)
 	p := e.pool(workpool.Config{MaxParallelism: 2})
 	var mu sync.Mutex
 	var starts []time.Time
@@ -198,7 +198,7 @@ func TestAPIRetryBackoff(t *testing.T) {
 // previous attempts counted.
 func TestAPIRetryCountsInStatus(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t)
+	e := newAPIEnv(t)
 	p := e.pool(workpool.Config{MaxParallelism: 2})
 	var calls atomic.Int32
 	f := mustRegister(t, p, "f", func(ctx context.Context, a num) (int, error) {

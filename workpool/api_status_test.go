@@ -17,7 +17,7 @@ import (
 // ErrWorkNotFound for ids never issued.
 func TestAPIStatus(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t)
+	e := newAPIEnv(t)
 	p := e.pool(workpool.Config{MaxParallelism: 4})
 	var calls callCounter
 	secondAttempt := make(chan struct{}, 1)
@@ -92,7 +92,7 @@ func TestAPIStatus(t *testing.T) {
 // the handler runs it when it starts.
 func TestAPIStatusFinishing(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t)
+	e := newAPIEnv(t)
 	runner := e.pool(workpool.Config{MaxParallelism: 2}) // runs f, lacks the onComplete
 	mustRegister(t, runner, "f", func(ctx context.Context, a num) (int, error) { return a.N + 1, nil })
 	start(t, runner)
