@@ -140,7 +140,8 @@ func (h *harness) work(o workOpts) int64 {
 }
 
 func (h *harness) pendingStart(id, segment int64) {
-	h.exec("INSERT INTO {s}.pending_start (work_id, pool, segment) VALUES (?, ?, ?)", id, pool, segment)
+	h.exec("INSERT INTO {s}.pending_start (work_id, pool, segment, fn_name, attempt, timeout_ms) "+
+		"VALUES (?, ?, ?, 'fn', COALESCE((SELECT attempts FROM {s}.work WHERE id = ?), 0), 60000)", id, pool, segment, id)
 }
 
 // running inserts a running row and keeps internal_state.running_count in

@@ -347,7 +347,7 @@ func (l *Loop) iterate(ctx context.Context, tx *sql.Tx, generation int64) (Outco
 func (l *Loop) completions(ctx context.Context, tx *sql.Tx, it *iteration, from int64) ([]int64, error) {
 	s, pool, log := l.cfg.Store, l.cfg.Pool, l.cfg.Logger
 	now := it.st.NowSegment
-	comps, err := s.TakeCompletions(ctx, tx, pool, store.Range{From: from, To: math.MaxInt64}, l.cfg.BatchSize)
+	comps, err := s.TakeCompletions(ctx, tx, pool, store.Range{From: from, To: math.MaxInt64}, l.cfg.BatchSize, log.EventsEnabled())
 	if err != nil {
 		return nil, err
 	}
@@ -468,26 +468,27 @@ func (l *Loop) starts(ctx context.Context, tx *sql.Tx, it *iteration, from int64
 	}
 	now := it.st.NowSegment
 	limit := min(capacity, l.cfg.BatchSize)
-	rows, sum, err := s.StartWork(ctx, tx, pool, store.Range{From: from, To: now}, limit)
+	rows, inserted, err := s.StartWork(ctx, tx, pool, store.Range{From: from, To: now}, limit, log.EventsEnabled())
 	if err != nil {
 		return err
 	}
+	last := int64(0)
+	for _, r := range rows {
+		last = max(last, r.Segment)
+	}
 	switch {
-	case sum.Consumed == 0:
+	case len(rows) == 0:
 		it.cursors.start = max(it.cursors.start, now)
-	case sum.Consumed >= limit:
-		it.cursors.start = sum.LastSegment // more may follow in that segment
+	case len(rows) >= limit:
+		it.cursors.start = last // more may follow in that segment
 	default:
-		it.cursors.start = max(sum.LastSegment, now)
+		it.cursors.start = max(last, now)
 	}
-	if sum.Consumed > len(rows) {
-		log.Warn(ctx, "loop: pending starts of work that is gone or ended were dropped", "count", sum.Consumed-len(rows))
+	if inserted < len(rows) {
+		log.Error(ctx, "loop: pending starts of work that is already running were dropped", "count", len(rows)-inserted)
 	}
-	if sum.Inserted < len(rows) {
-		log.Error(ctx, "loop: pending starts of work that is already running were dropped", "count", len(rows)-sum.Inserted)
-	}
-	it.running += sum.Inserted
-	it.out.Started = sum.Inserted
+	it.running += inserted
+	it.out.Started = inserted
 	nowTime := it.st.Now
 	for _, r := range rows {
 		lag := max(nowTime.Sub(segments.Segment(r.Segment).Time()), 0)

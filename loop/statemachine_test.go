@@ -361,13 +361,16 @@ func TestStateMachine(t *testing.T) {
 			want: composite{Work: true, Running: 1},
 		},
 		{
-			name:  "pending start of work that is gone: dropped with a warning",
+			name:  "pending start of work that is gone (invalid state): started, then removed by recovery",
 			given: state{start: ptr(int64(0))},
-			act:   []action{iterate},
-			want:  composite{},
+			act: []action{iterate, func(h *harness, id int64, o *observed) {
+				h.exec("UPDATE {s}.internal_state SET last_recovery = 0") // make the next pass a recovery pass
+			}, iterate},
+			want: composite{},
 			check: func(t *testing.T, h *harness, id int64, o *observed) {
-				assert.Equal(t, 0, o.outs[0].Started)
-				assert.True(t, h.logs.contains("pending starts of work that is gone or ended"))
+				assert.Equal(t, 1, o.outs[0].Started)
+				assert.Equal(t, 1, o.outs[1].Recovered)
+				assert.True(t, h.logs.contains("removed a running row whose work already ended"))
 			},
 		},
 		{

@@ -39,6 +39,9 @@ SELECT st.generation, st.start_cursor, st.completion_cursor, st.cancelation_curs
 	// loop, quadratic in the batch. Columns travel through RETURNING, and
 	// facts about rows a CTE deletes are read from the base tables, which the
 	// whole statement sees as of its start.
+	// takeCompletions returns one row per consumed completion plus one
+	// marker row (was_running) per running row it deleted; the work row is
+	// read only for retries, or for event details ($5).
 	register("takeCompletions", `
 WITH pc AS (
     DELETE FROM {s}.pending_completion WHERE ctid = ANY(ARRAY(
@@ -48,25 +51,25 @@ WITH pc AS (
     RETURNING work_id, attempt, status, error, retry, run_ms, segment
 ), rn AS (
     DELETE FROM {s}.running r USING pc WHERE r.work_id = pc.work_id AND r.pool = $1
-    RETURNING pc.work_id, pc.attempt, pc.status, pc.error, pc.retry, pc.run_ms, pc.segment, true AS was_running
+    RETURNING r.work_id
 ), c AS (
-    SELECT * FROM rn
+    SELECT pc.*, false AS marker FROM pc
     UNION ALL
-    SELECT pc.*, false FROM pc
-     WHERE NOT EXISTS (SELECT 1 FROM {s}.running r WHERE r.work_id = pc.work_id AND r.pool = $1)
+    SELECT work_id, 0, '', NULL, false, NULL, 0, true FROM rn
 )
-SELECT c.work_id, c.attempt, c.status, COALESCE(c.error, ''), c.retry, COALESCE(c.run_ms, -1), c.segment,
-       c.was_running,
+SELECT c.work_id, c.attempt, c.status, COALESCE(c.error, ''), c.retry, COALESCE(c.run_ms, -1), c.segment, c.marker,
        w.id IS NOT NULL, COALESCE(w.canceled, false), COALESCE(w.attempts, 0),
        COALESCE(w.initial_backoff_ms, 0), COALESCE(w.backoff_base, 1),
        COALESCE(w.fn_name, ''), COALESCE(w.label, ''),
-       EXISTS (SELECT 1 FROM {s}.pending_cancelation x WHERE x.work_id = c.work_id)
+       CASE WHEN c.retry THEN EXISTS (SELECT 1 FROM {s}.pending_cancelation x WHERE x.work_id = c.work_id) ELSE false END
   FROM c
-  LEFT JOIN LATERAL (SELECT * FROM {s}.work WHERE id = c.work_id LIMIT 1) w ON true`)
+  LEFT JOIN LATERAL (SELECT * FROM {s}.work WHERE id = c.work_id AND NOT c.marker AND (c.retry OR $5) LIMIT 1) w ON true`)
 
 	register("insertRetries", `
-INSERT INTO {s}.pending_start (work_id, pool, segment)
-SELECT t.id, $1, t.segment FROM unnest($2::bigint[], $3::bigint[]) AS t(id, segment)
+INSERT INTO {s}.pending_start (work_id, pool, segment, fn_name, attempt, timeout_ms)
+SELECT t.id, $1, t.segment, w.fn_name, w.attempts, w.timeout_ms
+  FROM unnest($2::bigint[], $3::bigint[]) AS t(id, segment)
+ CROSS JOIN LATERAL (SELECT fn_name, attempts, timeout_ms FROM {s}.work WHERE id = t.id LIMIT 1) w
 ON CONFLICT (work_id) DO NOTHING
 RETURNING work_id`)
 
@@ -111,29 +114,23 @@ SELECT id, fn_name, label, attempts, false FROM d
 UNION ALL
 SELECT id, fn_name, label, attempts, true FROM u`)
 
+	// startWork needs no work row: pending_start carries what the running
+	// row needs. The label is read only for events ($5).
 	register("startWork", `
 WITH ps AS (
     DELETE FROM {s}.pending_start WHERE ctid = ANY(ARRAY(
         SELECT ctid FROM {s}.pending_start
          WHERE pool = $1 AND segment >= $2 AND segment <= $3
          ORDER BY segment LIMIT $4))
-    RETURNING work_id, segment
-), src AS (
-    SELECT ps.work_id, ps.segment, w.fn_name, w.label, w.attempts, w.timeout_ms
-      FROM ps CROSS JOIN LATERAL (
-               SELECT fn_name, label, attempts, timeout_ms FROM {s}.work
-                WHERE id = ps.work_id AND result IS NULL AND NOT canceled LIMIT 1) w
+    RETURNING work_id, segment, fn_name, attempt, timeout_ms
 ), ins AS (
     INSERT INTO {s}.running (work_id, pool, fn_name, attempt, segment, started_at, timeout_ms)
-    SELECT work_id, $1, fn_name, attempts, segment, statement_timestamp(), timeout_ms FROM src
+    SELECT work_id, $1, fn_name, attempt, segment, statement_timestamp(), timeout_ms FROM ps
     ON CONFLICT (work_id) DO NOTHING
     RETURNING work_id
 )
-SELECT src.work_id, src.segment, src.fn_name, src.label, src.attempts,
-       (SELECT count(*) FROM ps), (SELECT count(*) FROM ins)
-  FROM src
-UNION ALL
-SELECT 0, COALESCE(max(segment), 0), '', '', 0, count(*), (SELECT count(*) FROM ins) FROM ps`)
+SELECT ps.work_id, ps.segment, ps.fn_name, COALESCE(w.label, ''), ps.attempt, (SELECT count(*) FROM ins)
+  FROM ps LEFT JOIN LATERAL (SELECT label FROM {s}.work WHERE id = ps.work_id AND $5 LIMIT 1) w ON true`)
 
 	register("saveState", `
 WITH n AS (
@@ -245,21 +242,31 @@ type Completion struct {
 }
 
 // TakeCompletions deletes and returns up to limit completions in r, and
-// deletes their running rows.
-func (s *Store) TakeCompletions(ctx context.Context, q Querier, pool string, r Range, limit int) ([]Completion, error) {
+// deletes their running rows. Work details are read for retries, and for
+// every completion when details is set (for events).
+func (s *Store) TakeCompletions(ctx context.Context, q Querier, pool string, r Range, limit int, details bool) ([]Completion, error) {
 	var out []Completion
-	err := collect(ctx, q, s.sql("takeCompletions"), []any{pool, r.From, r.To, limit}, func(rows *sql.Rows) error {
+	wasRunning := map[int64]bool{}
+	err := collect(ctx, q, s.sql("takeCompletions"), []any{pool, r.From, r.To, limit, details}, func(rows *sql.Rows) error {
 		var c Completion
+		var marker bool
 		if err := rows.Scan(&c.WorkID, &c.Attempt, &c.Status, &c.Error, &c.Retry, &c.RunMs, &c.Segment,
-			&c.WasRunning, &c.WorkExists, &c.Canceled, &c.Attempts, &c.BackoffMs, &c.BackoffBase,
+			&marker, &c.WorkExists, &c.Canceled, &c.Attempts, &c.BackoffMs, &c.BackoffBase,
 			&c.Fn, &c.Label, &c.CancelPending); err != nil {
 			return err
+		}
+		if marker {
+			wasRunning[c.WorkID] = true
+			return nil
 		}
 		out = append(out, c)
 		return nil
 	})
 	if err != nil {
 		return nil, fmt.Errorf("take completions: %w", err)
+	}
+	for i := range out {
+		out[i].WasRunning = wasRunning[out[i].WorkID]
 	}
 	return out, nil
 }
@@ -334,7 +341,7 @@ func (s *Store) FinishCanceled(ctx context.Context, q Querier, pool string, ids 
 	return out, nil
 }
 
-// Start is one work item the start phase moved into running.
+// Start is one pending_start row the start phase consumed.
 type Start struct {
 	WorkID    int64
 	Segment   int64
@@ -342,38 +349,25 @@ type Start struct {
 	Attempt   int
 }
 
-// StartSummary counts what the start phase consumed.
-type StartSummary struct {
-	// Consumed pending_start rows; more than len(starts) means some work
-	// was gone or already ended.
-	Consumed int
-	// Inserted running rows; fewer than len(starts) means some work was
-	// already running (an invariant violation, logged).
-	Inserted int
-	// LastSegment is the segment of the last consumed row (0 if none).
-	LastSegment int64
-}
-
-// StartWork moves up to limit due pending_start rows in r into running.
-func (s *Store) StartWork(ctx context.Context, q Querier, pool string, r Range, limit int) ([]Start, StartSummary, error) {
+// StartWork moves up to limit due pending_start rows in r into running and
+// returns the rows it consumed and how many running rows it inserted (fewer
+// means some work was already running: an invariant violation). The label
+// is read only when details is set (for events).
+func (s *Store) StartWork(ctx context.Context, q Querier, pool string, r Range, limit int, details bool) ([]Start, int, error) {
 	var out []Start
-	var sum StartSummary
-	err := collect(ctx, q, s.sql("startWork"), []any{pool, r.From, r.To, limit}, func(rows *sql.Rows) error {
+	inserted := 0
+	err := collect(ctx, q, s.sql("startWork"), []any{pool, r.From, r.To, limit, details}, func(rows *sql.Rows) error {
 		var st Start
-		if err := rows.Scan(&st.WorkID, &st.Segment, &st.Fn, &st.Label, &st.Attempt, &sum.Consumed, &sum.Inserted); err != nil {
+		if err := rows.Scan(&st.WorkID, &st.Segment, &st.Fn, &st.Label, &st.Attempt, &inserted); err != nil {
 			return err
-		}
-		if st.WorkID == 0 { // the summary row
-			sum.LastSegment = st.Segment
-			return nil
 		}
 		out = append(out, st)
 		return nil
 	})
 	if err != nil {
-		return nil, StartSummary{}, fmt.Errorf("start work: %w", err)
+		return nil, 0, fmt.Errorf("start work: %w", err)
 	}
-	return out, sum, nil
+	return out, inserted, nil
 }
 
 // SavedState is what an iteration writes back to internal_state.

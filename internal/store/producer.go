@@ -31,7 +31,8 @@ WITH a AS (
                           backoff_base, timeout_ms, on_complete, on_complete_context)
     SELECT a.id, $6, $7, a.label, a.args::jsonb, $8, $9, $10, $11, $12, NULLIF(a.ctx, '')::jsonb FROM a
 ), ps AS (
-    INSERT INTO {s}.pending_start (work_id, pool, segment) SELECT a.id, $6, seg.segment FROM a, seg
+    INSERT INTO {s}.pending_start (work_id, pool, segment, fn_name, attempt, timeout_ms)
+    SELECT a.id, $6, seg.segment, $7, 0, $11 FROM a, seg
 ), lk AS (
     SELECT pg_advisory_xact_lock_shared($13) AS locked
 )

@@ -24,19 +24,19 @@ INSERT INTO {s}.workers (pool, host, pid) VALUES ($1, $2, $3) RETURNING id`)
 WITH hb AS (
     UPDATE {s}.workers SET heartbeat_at = now() WHERE id = $4 AND $5
 ), c AS (
-    SELECT work_id FROM {s}.running
+    SELECT ctid FROM {s}.running
      WHERE pool = $1 AND claimed_by IS NULL AND fn_name = ANY($2::text[])
      LIMIT $3
        FOR UPDATE SKIP LOCKED
 ), u AS (
     UPDATE {s}.running r
        SET claimed_by = $4, claimed_at = now(), deadline = now() + r.timeout_ms * interval '1 millisecond'
-      FROM c WHERE r.work_id = c.work_id
+      FROM c WHERE r.ctid = c.ctid
     RETURNING r.work_id, r.attempt, r.fn_name, r.timeout_ms
 )
 SELECT u.work_id, u.attempt, u.fn_name, u.timeout_ms, COALESCE(w.args::text, ''), COALESCE(w.label, ''),
-       COALESCE(w.canceled, false), w.id IS NOT NULL
-  FROM u LEFT JOIN {s}.work w ON w.id = u.work_id`)
+       COALESCE(w.canceled, false), w.args IS NOT NULL
+  FROM u LEFT JOIN LATERAL (SELECT args, label, canceled FROM {s}.work WHERE id = u.work_id LIMIT 1) w ON true`)
 
 	// recordResults fences each result on work.attempts, decides retry or
 	// terminal, deletes terminal work that has no onComplete, marks terminal
@@ -49,18 +49,21 @@ WITH r AS (
         AS r(work_id, attempt, status, error, nonretryable, value, run_ms)
 ), cls AS (
     SELECT r.work_id, r.attempt, r.run_ms, NULLIF(r.error, '') AS error, NULLIF(r.value, '') AS value,
-           w.has_on_complete,
+           w.wctid, w.has_on_complete,
            (r.status = 'failed' AND NOT r.nonretryable AND NOT w.canceled
                 AND w.attempts + 1 < w.max_attempts) AS retry,
            CASE WHEN r.status = 'failed' AND w.canceled THEN 'canceled' ELSE r.status END AS status
       FROM r CROSS JOIN LATERAL (
-               SELECT on_complete IS NOT NULL AS has_on_complete, canceled, attempts, max_attempts
+               SELECT ctid AS wctid, on_complete IS NOT NULL AS has_on_complete, canceled, attempts, max_attempts
                  FROM {s}.work
                 WHERE id = r.work_id AND pool = $1 AND attempts = r.attempt AND result IS NULL
                 LIMIT 1) w
 ), del AS (
+    -- By ctid: the row was just found through the index; under READ
+    -- COMMITTED a concurrent update moves the row, the recheck fails on
+    -- ctid or attempts, and the stale result is skipped.
     DELETE FROM {s}.work w USING cls
-     WHERE w.id = cls.work_id AND w.attempts = cls.attempt AND w.result IS NULL
+     WHERE w.ctid = cls.wctid AND w.attempts = cls.attempt AND w.result IS NULL
        AND NOT cls.retry AND NOT cls.has_on_complete
     RETURNING w.id, w.attempts + 1 AS attempts, cls.attempt, cls.status, cls.error, cls.retry, cls.run_ms,
               NULL::text AS on_complete, NULL::jsonb AS ctx
@@ -71,7 +74,7 @@ WITH r AS (
                     ELSE jsonb_build_object('status', cls.status, 'error', cls.error, 'value', cls.value::jsonb) END,
            finish_after = CASE WHEN cls.retry THEN NULL ELSE now() END
       FROM cls
-     WHERE w.id = cls.work_id AND w.attempts = cls.attempt AND w.result IS NULL
+     WHERE w.ctid = cls.wctid AND w.attempts = cls.attempt AND w.result IS NULL
        AND (cls.retry OR cls.has_on_complete)
     RETURNING w.id, w.attempts, cls.attempt, cls.status, cls.error, cls.retry, cls.run_ms,
               CASE WHEN cls.retry THEN NULL ELSE w.on_complete END AS on_complete,

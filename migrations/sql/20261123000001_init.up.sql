@@ -33,11 +33,16 @@ CREATE INDEX IF NOT EXISTS work_pool_id_idx ON {{.Schema}}.work (pool, id);
 CREATE INDEX IF NOT EXISTS work_finishing_idx ON {{.Schema}}.work (pool, finish_after)
     WHERE result IS NOT NULL;
 
--- Work waiting to start, by the segment (100 ms bucket) it becomes due.
+-- Work waiting to start, by the segment (100 ms bucket) it becomes due. It
+-- carries what the running row needs (function, attempt, timeout) so that
+-- starting a batch never has to look each work row up.
 CREATE TABLE IF NOT EXISTS {{.Schema}}.pending_start (
-    work_id bigint NOT NULL PRIMARY KEY,
-    pool    text   NOT NULL,
-    segment bigint NOT NULL
+    work_id    bigint  NOT NULL PRIMARY KEY,
+    pool       text    NOT NULL,
+    segment    bigint  NOT NULL,
+    fn_name    text    NOT NULL,
+    attempt    integer NOT NULL,
+    timeout_ms bigint  NOT NULL
 );
 CREATE INDEX IF NOT EXISTS pending_start_pool_segment_idx ON {{.Schema}}.pending_start (pool, segment);
 
