@@ -219,13 +219,13 @@ func printTable(w io.Writer, o options, names []string, results map[string]*resu
 		if m.higherBetter {
 			how = "pgworkpool / river"
 			if aok && bok && b != 0 {
-				adv = fmt.Sprintf("%.2fx", a/b)
+				adv = ratioString(a / b)
 			}
 		} else {
 			how = "river / pgworkpool"
 			switch {
 			case aok && bok && a != 0:
-				adv = fmt.Sprintf("%.2fx", b/a)
+				adv = ratioString(b / a)
 			case aok && bok && b == 0:
 				adv = "1.00x"
 			case aok && bok:
@@ -397,4 +397,12 @@ func median(vs []float64) float64 {
 		return s[len(s)/2]
 	}
 	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+// ratioString formats an advantage, with more digits when it is tiny.
+func ratioString(x float64) string {
+	if x < 0.1 {
+		return fmt.Sprintf("%.3fx", x)
+	}
+	return fmt.Sprintf("%.2fx", x)
 }
