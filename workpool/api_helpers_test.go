@@ -21,12 +21,13 @@ import (
 // newAPIEnv is newEnv plus a cleanup that runs after the test's pools have
 // stopped and before the schema is dropped: it waits until no server
 // backend is still executing a statement on the schema. Stop cancels an
-// in-flight loop iteration by closing its connection, and the server keeps
-// running that statement until it next talks to the client, so DROP SCHEMA
-// could otherwise deadlock with it (see the report: bug_stop_orphans_loop_tx).
+// in-flight loop iteration by closing its connection (pgx sends the
+// server's cancel request asynchronously, and one that arrives between two
+// statements is lost), so the server may still run that statement after
+// Stop returned, and DROP SCHEMA could deadlock with it.
 func newAPIEnv(t *testing.T) *env {
 	t.Helper()
-	e := newAPIEnv(t)
+	e := newEnv(t)
 	t.Cleanup(e.settle)
 	return e
 }
