@@ -244,9 +244,13 @@ func TestRecoveryAfterSIGKILL(t *testing.T) {
 		assert.Equal(t, []string{"retrying/1/" + recovery.ReasonWorkerLost, "success/2/"}, byID[int64(id)], "work %d", id)
 	}
 	assert.Equal(t, n, logs.count("recovery: attempt failed"))
+	// The lost attempts count as failed attempts that were retried.
 	st, err := p.Stats(ctx)
 	require.NoError(t, err)
-	assert.Zero(t, st.Running)
+	assert.Equal(t, [6]int64{2 * n, n, 0, n, 0, 0}, [6]int64{st.Completed, st.Succeeded, st.Failed, st.Retries, st.Canceled, st.Running},
+		"completed succeeded failed retries canceled running")
+	assert.Equal(t, 0.5, st.FailureRate)
+	assert.Equal(t, 0.0, st.PermanentFailureRate)
 }
 
 // rkKillWorkerHolding starts the worker process (TestRecoveryWorkerProcess)

@@ -250,3 +250,44 @@ func TestStatsNoReportAtWarn(t *testing.T) {
 		stCheckReportShape(t, r)
 	}
 }
+
+// TestStatsNoReportWhileIdle: an idle loop sends no queries, so it prints
+// no report however long it stays idle; the first iteration after a kick
+// reports the whole interval since the previous report.
+func TestStatsNoReportWhileIdle(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	logs := &slogCapture{}
+	p := e.pool(workpool.Config{Name: stPool, MaxParallelism: 4, LogLevel: workpool.LogReport, Logger: logs.logger(),
+		ReportInterval: stReportInterval, RecoveryPeriod: stRecoveryPeriod})
+	ok, err := workpool.Register(p, "ok", func(ctx context.Context, n int) (int, error) { return n, nil })
+	require.NoError(t, err)
+	ctx := context.Background()
+	require.NoError(t, p.Start(ctx))
+	_, err = p.Enqueue(ctx, ok, 1)
+	require.NoError(t, err)
+	waitFor(t, 10*time.Second, "the loop to go idle", func() bool {
+		return e.count("SELECT count(*) FROM "+e.schema+".run_status WHERE state = 'idle'") == 1 &&
+			e.count("SELECT count(*) FROM "+e.schema+".work") == 0
+	})
+	idleSince := time.Now()
+	time.Sleep(3 * stReportInterval)
+	assert.Zero(t, logs.count("report"), "no report while idle")
+
+	_, err = p.Enqueue(ctx, ok, 2)
+	require.NoError(t, err)
+	r := stWaitReports(t, logs, -1, 1, 10*time.Second)[0]
+	stCheckReportShape(t, r)
+	assert.EqualValues(t, 1, r.int("completed"), "the item that ran before the idle period")
+	start, end := r.Attrs["interval_start"].Time(), r.Attrs["interval_end"].Time()
+	assert.True(t, start.Before(idleSince), "the interval spans the idle period")
+	assert.GreaterOrEqual(t, end.Sub(start), 3*stReportInterval)
+	waitFor(t, 10*time.Second, "the second item", func() bool {
+		return e.count("SELECT count(*) FROM "+e.schema+".work") == 0
+	})
+	time.Sleep(2 * stReportInterval)
+	assert.Equal(t, 1, logs.count("report"), "idle again: no further report")
+	st, err := p.Stats(ctx)
+	require.NoError(t, err)
+	assert.EqualValues(t, 1, st.Completed, "the second item waits for the next active interval")
+}
