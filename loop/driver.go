@@ -20,9 +20,10 @@ const (
 	// checks, while the pool has work, that a leader is alive. It bounds
 	// failover after a leader dies without releasing its lock cleanly.
 	HealthcheckIntervalDefault = 2 * time.Second
-	// IterationTimeoutDefault bounds one iteration so a wedged query cannot
-	// stall the loop forever.
-	IterationTimeoutDefault = 30 * time.Second
+	// IterationTimeoutDefault bounds one iteration on the client so a
+	// wedged connection cannot stall the loop forever; it is longer than
+	// the loop's server-side statement timeout.
+	IterationTimeoutDefault = 40 * time.Second
 	// ReconnectBackoffMaxDefault caps the wait between attempts to
 	// re-establish the LISTEN connection.
 	ReconnectBackoffMaxDefault = 5 * time.Second
@@ -314,7 +315,10 @@ func (d *Driver) iterateUntilQuiet(ctx context.Context, generation int64) (int64
 			}
 			generation = g
 		}
-		ictx, cancel := context.WithTimeout(ctx, d.cfg.IterationTimeout)
+		// Stopping the driver does not cancel an iteration in flight: a
+		// canceled client leaves its statement running on the server with
+		// the iteration's locks. Only the timeout applies.
+		ictx, cancel := context.WithTimeout(context.WithoutCancel(ctx), d.cfg.IterationTimeout)
 		out, err := lp.Main(ictx, generation)
 		cancel()
 		d.iterations.Add(1)

@@ -85,6 +85,8 @@ const (
 	CooldownDefault = time.Duration(0)
 	// PollIntervalDefault is the polling period during a cooldown.
 	PollIntervalDefault = 20 * time.Millisecond
+	// StatementTimeoutDefault bounds each statement of an iteration.
+	StatementTimeoutDefault = 30 * time.Second
 )
 
 // ErrPoolNotFound is returned when the pool's rows do not exist: the pool
@@ -112,6 +114,10 @@ type Config struct {
 	PollInterval time.Duration
 	// Jitter returns a number in [0, 1) for retry backoff; tests fix it.
 	Jitter func() float64
+	// StatementTimeout bounds each statement of an iteration on the
+	// server (StatementTimeoutDefault), so an iteration whose client went
+	// away cannot keep its locks.
+	StatementTimeout time.Duration
 }
 
 // Loop runs iterations of one pool's main loop.
@@ -141,6 +147,9 @@ func New(cfg Config) *Loop {
 	}
 	if cfg.Jitter == nil {
 		cfg.Jitter = rand.Float64
+	}
+	if cfg.StatementTimeout <= 0 {
+		cfg.StatementTimeout = StatementTimeoutDefault
 	}
 	cfg.Recovery = cfg.Recovery.WithDefaults()
 	if cfg.RecoveryPeriod <= 0 {
@@ -266,7 +275,7 @@ func (l *Loop) Main(ctx context.Context, generation int64) (Outcome, error) {
 
 func (l *Loop) iterate(ctx context.Context, tx *sql.Tx, generation int64) (Outcome, *stats.Report, error) {
 	s, pool, log := l.cfg.Store, l.cfg.Pool, l.cfg.Logger
-	st, found, err := s.LockState(ctx, tx, pool, generation)
+	st, found, err := s.LockState(ctx, tx, pool, generation, l.cfg.StatementTimeout)
 	if err != nil {
 		return Outcome{}, nil, err
 	}
@@ -308,6 +317,11 @@ func (l *Loop) iterate(ctx context.Context, tx *sql.Tx, generation int64) (Outco
 		}
 		it.running -= len(res.Orphans)
 		it.out.Recovered = len(res.Recorded) + len(res.Orphans)
+		for _, r := range res.Recorded {
+			if r.OnComplete != "" {
+				it.signal(store.SignalFinish) // a final failure waits for its onComplete
+			}
+		}
 		lastRecovery = now
 	case it.running == 0:
 		lastRecovery = now // nothing runs: restart the recovery clock
@@ -347,7 +361,7 @@ func (l *Loop) iterate(ctx context.Context, tx *sql.Tx, generation int64) (Outco
 func (l *Loop) completions(ctx context.Context, tx *sql.Tx, it *iteration, from int64) ([]int64, error) {
 	s, pool, log := l.cfg.Store, l.cfg.Pool, l.cfg.Logger
 	now := it.st.NowSegment
-	comps, err := s.TakeCompletions(ctx, tx, pool, store.Range{From: from, To: math.MaxInt64}, l.cfg.BatchSize, log.EventsEnabled())
+	comps, err := s.TakeCompletions(ctx, tx, pool, store.Range{From: from, To: math.MaxInt64}, l.cfg.BatchSize)
 	if err != nil {
 		return nil, err
 	}
@@ -468,7 +482,7 @@ func (l *Loop) starts(ctx context.Context, tx *sql.Tx, it *iteration, from int64
 	}
 	now := it.st.NowSegment
 	limit := min(capacity, l.cfg.BatchSize)
-	rows, inserted, err := s.StartWork(ctx, tx, pool, store.Range{From: from, To: now}, limit, log.EventsEnabled())
+	rows, inserted, err := s.StartWork(ctx, tx, pool, store.Range{From: from, To: now}, limit)
 	if err != nil {
 		return err
 	}

@@ -41,15 +41,16 @@ type enqueueOptions struct {
 	timeoutSet  bool
 }
 
-// RunAt starts the work no earlier than t (to the 100 ms segment). Times
-// more than a year in the past mean now; more than four years ahead, a year
-// from now (logged).
+// RunAt starts the work no earlier than t, at the first 100 ms segment
+// boundary at or after it, on the database's clock. Times more than a year
+// in the past mean now; more than four years ahead, a year from now
+// (logged).
 func RunAt(t time.Time) Option {
 	return func(o *enqueueOptions) { o.runAt, o.runAtSet = t, true }
 }
 
-// RunAfter starts the work no earlier than d from now, on the database's
-// clock.
+// RunAfter starts the work no earlier than d from now, at the first 100 ms
+// segment boundary at or after it, on the database's clock.
 func RunAfter(d time.Duration) Option {
 	return func(o *enqueueOptions) { o.runAfter, o.runAfterSet = d, true }
 }
@@ -159,7 +160,10 @@ func (p *Pool) applyOptions(fn *funcInfo, o *enqueueOptions, w *store.NewWork) e
 		if o.runAfter < 0 || o.runAfter > 4*365*24*time.Hour {
 			return fmt.Errorf("%w: RunAfter %v outside [0, 4 years]", ErrInvalidOption, o.runAfter)
 		}
-		w.DelaySegments = int64(segments.Of(o.runAfter))
+		w.DelayMs = o.runAfter.Milliseconds()
+		if o.runAfter%time.Millisecond != 0 {
+			w.DelayMs++ // never earlier than asked
+		}
 	}
 	if o.runAtSet {
 		if o.runAt.IsZero() {
@@ -169,7 +173,11 @@ func (p *Pool) applyOptions(fn *funcInfo, o *enqueueOptions, w *store.NewWork) e
 		if reason == segments.TooFar {
 			p.log.Warn(context.Background(), "enqueue: "+reason.String(), "fn", fn.name, "run_at", o.runAt)
 		}
-		w.RunAtSegment = int64(segments.FromTime(t))
+		seg := segments.FromTime(t)
+		if seg.Time().Before(t) {
+			seg++ // the first segment that starts at or after t: never early
+		}
+		w.RunAtSegment = int64(seg)
 	}
 	if o.timeoutSet {
 		if o.timeout <= 0 || o.timeout > 365*24*time.Hour {
@@ -230,6 +238,12 @@ func (p *Pool) Enqueue(ctx context.Context, fn Handle, args any, opts ...Option)
 // the loop must be woken, updates one status row; the lock it takes is
 // shared and never blocks other producers, however long tx stays open.
 // tx must be a bun.Tx, bun.Conn or *bun.DB of a pgx-backed database.
+//
+// Two consequences of running inside the caller's transaction: the
+// "enqueued" event (at LogInfo) is logged when the insert runs, before the
+// caller commits or rolls back; and the returned ID was drawn from a
+// sequence, so after a rollback Status reports it as finished rather than
+// unknown.
 func (p *Pool) EnqueueTx(ctx context.Context, tx bun.IDB, fn Handle, args any, opts ...Option) (WorkID, error) {
 	ids, err := p.EnqueueBatchTx(ctx, tx, fn, []any{args}, opts...)
 	if err != nil {

@@ -8,6 +8,7 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -297,8 +298,8 @@ func (p *Pool) Stats(ctx context.Context) (stats.Report, error) {
 		return stats.Report{}, p.wrapDBError("stats", err)
 	}
 	r := stats.Report{
-		IntervalStart: c.Since,
-		Completed:     c.Completed, Succeeded: c.Succeeded, Failed: c.Failed, Retries: c.Retries, Canceled: c.Canceled,
+		IntervalStart: c.Since, IntervalEnd: time.Now(),
+		Completed: c.Completed, Succeeded: c.Succeeded, Failed: c.Failed, Retries: c.Retries, Canceled: c.Canceled,
 		Running: g.Running, Backlog: g.Backlog, Future: g.Future, Unclaimed: g.Unclaimed, Finishing: g.Finishing,
 	}
 	r.StartLag, r.RunTime = p.loop.Samples()

@@ -32,6 +32,12 @@ const (
 	finishBatch = 100
 	// stopGrace is how long Stop waits for canceled handlers to return.
 	stopGrace = time.Second
+	// stopFlushTimeout bounds how long Stop keeps trying to record results
+	// (and its other final writes) when the database is unreachable; what
+	// is not recorded is retried by recovery after the lease.
+	stopFlushTimeout = 10 * time.Second
+	// flushAttemptTimeout bounds one attempt to record a batch.
+	flushAttemptTimeout = 30 * time.Second
 )
 
 // running is the state of a started pool: its driver, its worker slots and
@@ -59,19 +65,27 @@ type running struct {
 	beatDone                                                 chan struct{}
 
 	mu            sync.Mutex
-	inflight      map[int64]*attempt
+	inflight      map[attemptKey]*attempt
 	idle          *sync.Cond // signaled when inflight shrinks
 	stopping      bool
 	dirty         bool // unclaimed work may remain: claim when a slot frees
 	lastHeartbeat time.Time
 	pending       []store.Result // results waiting to be flushed
 	released      []int64        // attempts given back on Stop
+	flushGiveUp   time.Time      // set when Stop begins: the last moment to retry a flush
+}
+
+// attemptKey identifies one attempt. The same work can have two attempts in
+// one process: a retry claimed while an attempt declared lost (or abandoned
+// after its deadline) still runs.
+type attemptKey struct {
+	workID  int64
+	attempt int
 }
 
 // attempt is one handler run in this process.
 type attempt struct {
-	workID    int64
-	attempt   int
+	key       attemptKey
 	cancel    context.CancelCauseFunc
 	abandoned bool // Stop gave up on it; its result is dropped
 }
@@ -133,7 +147,7 @@ func (p *Pool) Start(ctx context.Context) error {
 		flushDone:  make(chan struct{}),
 		beatDone:   make(chan struct{}),
 		driverDone: make(chan struct{}),
-		inflight:   map[int64]*attempt{},
+		inflight:   map[attemptKey]*attempt{},
 	}
 	r.idle = sync.NewCond(&r.mu)
 	r.lastHeartbeat = time.Now()
@@ -198,17 +212,20 @@ func (r *running) stop(ctx context.Context) error {
 		_ = r.waitIdle(graceCtx)
 		cancel()
 		r.mu.Lock()
-		for id, a := range r.inflight {
+		for key, a := range r.inflight {
 			a.abandoned = true
-			r.released = append(r.released, id)
-			delete(r.inflight, id)
+			r.released = append(r.released, key.workID)
+			delete(r.inflight, key)
 		}
 		r.mu.Unlock()
 	}
 
+	r.mu.Lock()
+	r.flushGiveUp = time.Now().Add(stopFlushTimeout)
+	r.mu.Unlock()
 	close(r.stopFlush)
 	<-r.flushDone
-	finalCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	finalCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), stopFlushTimeout)
 	defer cancel()
 	r.mu.Lock()
 	released := r.released
@@ -221,7 +238,11 @@ func (r *running) stop(ctx context.Context) error {
 	close(r.stopBeat)
 	<-r.beatDone
 	r.driverStop()
-	<-r.driverDone
+	select {
+	case <-r.driverDone:
+	case <-finalCtx.Done():
+		p.log.Warn(finalCtx, "stop: the loop's last iteration is still running; not waiting for it")
+	}
 	if derr := p.store.DeregisterWorker(finalCtx, p.sqlDB, r.workerID); derr != nil {
 		p.log.Warn(finalCtx, "stop: could not remove worker row", "error", derr)
 	}
@@ -335,8 +356,8 @@ func (r *running) claimAll() error {
 // begin starts one claimed attempt; r.mu is held.
 func (r *running) begin(c store.Claimed) {
 	ctx, cancel := context.WithCancelCause(r.handlerBase)
-	a := &attempt{workID: c.WorkID, attempt: c.Attempt, cancel: cancel}
-	r.inflight[c.WorkID] = a
+	a := &attempt{key: attemptKey{c.WorkID, c.Attempt}, cancel: cancel}
+	r.inflight[a.key] = a
 	go r.execute(ctx, a, c)
 }
 
@@ -415,10 +436,12 @@ func (r *running) done(a *attempt, res *store.Result, release bool) {
 	if a.abandoned {
 		return // Stop already gave it back
 	}
-	delete(r.inflight, a.workID)
+	if r.inflight[a.key] == a {
+		delete(r.inflight, a.key)
+	}
 	switch {
 	case release:
-		r.released = append(r.released, a.workID)
+		r.released = append(r.released, a.key.workID)
 	case res != nil:
 		r.pending = append(r.pending, *res)
 		wake(r.flushWake)
@@ -441,8 +464,8 @@ func (r *running) cancelLoop() {
 		}
 		r.mu.Lock()
 		ids := make([]int64, 0, len(r.inflight))
-		for id := range r.inflight {
-			ids = append(ids, id)
+		for key := range r.inflight {
+			ids = append(ids, key.workID)
 		}
 		r.mu.Unlock()
 		if len(ids) == 0 {
@@ -453,9 +476,13 @@ func (r *running) cancelLoop() {
 			p.log.Warn(r.bgCtx, "worker: cannot check for canceled work", "error", err)
 			continue
 		}
-		r.mu.Lock()
+		isCanceled := make(map[int64]bool, len(canceled))
 		for _, id := range canceled {
-			if a := r.inflight[id]; a != nil {
+			isCanceled[id] = true
+		}
+		r.mu.Lock()
+		for key, a := range r.inflight {
+			if isCanceled[key.workID] {
 				a.cancel(errCanceledByUser)
 			}
 		}
@@ -530,7 +557,7 @@ func (r *running) flushLoop() {
 			if n == 0 {
 				break
 			}
-			r.flushWithRetry(batch, stopping)
+			r.flushWithRetry(batch)
 		}
 		if stopping {
 			return
@@ -538,24 +565,38 @@ func (r *running) flushLoop() {
 	}
 }
 
-// flushWithRetry records a batch, retrying while the database is away. When
-// the pool is stopping it gives up after a while: the attempts then count as
-// lost and recovery retries them after the lease.
-func (r *running) flushWithRetry(batch []store.Result, stopping bool) {
+// flushWithRetry records a batch, retrying while the database is away. Once
+// Stop has begun it gives up at the stop's deadline (even for a batch it
+// started before): those attempts then count as lost and recovery retries
+// them after the lease.
+func (r *running) flushWithRetry(batch []store.Result) {
 	p := r.p
 	backoff := 50 * time.Millisecond
-	deadline := time.Now().Add(10 * time.Second)
 	for {
-		err := r.flush(batch)
+		r.mu.Lock()
+		giveUp := r.flushGiveUp
+		r.mu.Unlock()
+		deadline := time.Now().Add(flushAttemptTimeout)
+		if !giveUp.IsZero() && giveUp.Before(deadline) {
+			deadline = giveUp
+		}
+		ctx, cancel := context.WithDeadline(context.WithoutCancel(r.bgCtx), deadline)
+		err := r.flush(ctx, batch)
+		cancel()
 		if err == nil {
 			return
 		}
-		if stopping && time.Now().After(deadline) {
+		if !giveUp.IsZero() && !time.Now().Before(giveUp) {
 			p.log.Error(r.bgCtx, "worker: dropping results on stop; recovery will retry them", "error", err, "results", len(batch))
 			return
 		}
 		p.log.Warn(r.bgCtx, "worker: recording results failed, retrying", "error", err, "results", len(batch), "backoff", backoff)
-		time.Sleep(backoff)
+		t := time.NewTimer(backoff)
+		select {
+		case <-t.C:
+		case <-r.stopFlush: // Stop began: retry now, within its deadline
+		}
+		t.Stop()
 		backoff = min(2*backoff, 5*time.Second)
 	}
 }
@@ -564,17 +605,16 @@ func (r *running) flushWithRetry(batch []store.Result, stopping bool) {
 // onComplete of every item that reached its terminal state, if this process
 // has the handler. If a handler fails the transaction is redone with a
 // savepoint around each handler, so one failure delays only its own item.
-func (r *running) flush(batch []store.Result) error {
-	err := r.flushOnce(batch, false)
+func (r *running) flush(ctx context.Context, batch []store.Result) error {
+	err := r.flushOnce(ctx, batch, false)
 	if errors.Is(err, errOnCompleteFailed) {
-		err = r.flushOnce(batch, true)
+		err = r.flushOnce(ctx, batch, true)
 	}
 	return err
 }
 
-func (r *running) flushOnce(batch []store.Result, careful bool) error {
+func (r *running) flushOnce(ctx context.Context, batch []store.Result, careful bool) error {
 	p := r.p
-	ctx := context.WithoutCancel(r.bgCtx)
 	byID := make(map[int64]store.Result, len(batch))
 	for _, res := range batch {
 		byID[res.WorkID] = res

@@ -31,7 +31,8 @@ WITH st AS (
 SELECT st.generation, st.start_cursor, st.completion_cursor, st.cancelation_cursor, st.last_recovery,
        st.last_activity, st.running_count, st.report_completed, st.report_succeeded, st.report_failed,
        st.report_retries, st.report_canceled, st.report_started_at, st.max_parallelism, st.log_level,
-       {now}, statement_timestamp(), (SELECT count(*) FROM rs)
+       {now}, statement_timestamp(), (SELECT count(*) FROM rs),
+       set_config('statement_timeout', $3, true)
   FROM st`)
 
 	// No statement here joins two CTEs: the planner estimates a
@@ -40,8 +41,8 @@ SELECT st.generation, st.start_cursor, st.completion_cursor, st.cancelation_curs
 	// facts about rows a CTE deletes are read from the base tables, which the
 	// whole statement sees as of its start.
 	// takeCompletions returns one row per consumed completion plus one
-	// marker row (was_running) per running row it deleted; the work row is
-	// read only for retries, or for event details ($5).
+	// marker row per running row it deleted (carrying the function and label
+	// for events); the work row is read only for retries.
 	register("takeCompletions", `
 WITH pc AS (
     DELETE FROM {s}.pending_completion WHERE ctid = ANY(ARRAY(
@@ -51,25 +52,25 @@ WITH pc AS (
     RETURNING work_id, attempt, status, error, retry, run_ms, segment
 ), rn AS (
     DELETE FROM {s}.running r USING pc WHERE r.work_id = pc.work_id AND r.pool = $1
-    RETURNING r.work_id
+    RETURNING r.work_id, r.fn_name, r.label
 ), c AS (
-    SELECT pc.*, false AS marker FROM pc
+    SELECT pc.*, NULL::text AS fn_name, NULL::text AS label, false AS marker FROM pc
     UNION ALL
-    SELECT work_id, 0, '', NULL, false, NULL, 0, true FROM rn
+    SELECT work_id, 0, '', NULL, false, NULL, 0, fn_name, label, true FROM rn
 )
 SELECT c.work_id, c.attempt, c.status, COALESCE(c.error, ''), c.retry, COALESCE(c.run_ms, -1), c.segment, c.marker,
        w.id IS NOT NULL, COALESCE(w.canceled, false), COALESCE(w.attempts, 0),
        COALESCE(w.initial_backoff_ms, 0), COALESCE(w.backoff_base, 1),
-       COALESCE(w.fn_name, ''), COALESCE(w.label, ''),
+       COALESCE(c.fn_name, w.fn_name, ''), COALESCE(c.label, w.label, ''),
        CASE WHEN c.retry THEN EXISTS (SELECT 1 FROM {s}.pending_cancelation x WHERE x.work_id = c.work_id) ELSE false END
   FROM c
-  LEFT JOIN LATERAL (SELECT * FROM {s}.work WHERE id = c.work_id AND NOT c.marker AND (c.retry OR $5) LIMIT 1) w ON true`)
+  LEFT JOIN LATERAL (SELECT * FROM {s}.work WHERE id = c.work_id AND c.retry LIMIT 1) w ON true`)
 
 	register("insertRetries", `
-INSERT INTO {s}.pending_start (work_id, pool, segment, fn_name, attempt, timeout_ms)
-SELECT t.id, $1, t.segment, w.fn_name, w.attempts, w.timeout_ms
+INSERT INTO {s}.pending_start (work_id, pool, segment, fn_name, label, attempt, timeout_ms)
+SELECT t.id, $1, t.segment, w.fn_name, w.label, w.attempts, w.timeout_ms
   FROM unnest($2::bigint[], $3::bigint[]) AS t(id, segment)
- CROSS JOIN LATERAL (SELECT fn_name, attempts, timeout_ms FROM {s}.work WHERE id = t.id LIMIT 1) w
+ CROSS JOIN LATERAL (SELECT fn_name, label, attempts, timeout_ms FROM {s}.work WHERE id = t.id LIMIT 1) w
 ON CONFLICT (work_id) DO NOTHING
 RETURNING work_id`)
 
@@ -115,22 +116,21 @@ UNION ALL
 SELECT id, fn_name, label, attempts, true FROM u`)
 
 	// startWork needs no work row: pending_start carries what the running
-	// row needs. The label is read only for events ($5).
+	// row needs.
 	register("startWork", `
 WITH ps AS (
     DELETE FROM {s}.pending_start WHERE ctid = ANY(ARRAY(
         SELECT ctid FROM {s}.pending_start
          WHERE pool = $1 AND segment >= $2 AND segment <= $3
          ORDER BY segment LIMIT $4))
-    RETURNING work_id, segment, fn_name, attempt, timeout_ms
+    RETURNING work_id, segment, fn_name, label, attempt, timeout_ms
 ), ins AS (
-    INSERT INTO {s}.running (work_id, pool, fn_name, attempt, segment, started_at, timeout_ms)
-    SELECT work_id, $1, fn_name, attempt, segment, statement_timestamp(), timeout_ms FROM ps
+    INSERT INTO {s}.running (work_id, pool, fn_name, label, attempt, segment, started_at, timeout_ms)
+    SELECT work_id, $1, fn_name, label, attempt, segment, statement_timestamp(), timeout_ms FROM ps
     ON CONFLICT (work_id) DO NOTHING
     RETURNING work_id
 )
-SELECT ps.work_id, ps.segment, ps.fn_name, COALESCE(w.label, ''), ps.attempt, (SELECT count(*) FROM ins)
-  FROM ps LEFT JOIN LATERAL (SELECT label FROM {s}.work WHERE id = ps.work_id AND $5 LIMIT 1) w ON true`)
+SELECT ps.work_id, ps.segment, ps.fn_name, ps.label, ps.attempt, (SELECT count(*) FROM ins) FROM ps`)
 
 	register("saveState", `
 WITH n AS (
@@ -201,13 +201,16 @@ type State struct {
 
 // LockState locks the pool's state row for the iteration. found is false if
 // the pool has no state row.
-func (s *Store) LockState(ctx context.Context, q Querier, pool string, generation int64) (st State, found bool, err error) {
+// statementTimeout bounds every later statement of the transaction on the
+// server, so an iteration abandoned by its client cannot hold locks on.
+func (s *Store) LockState(ctx context.Context, q Querier, pool string, generation int64, statementTimeout time.Duration) (st State, found bool, err error) {
 	var marked int64
-	err = q.QueryRowContext(ctx, s.sql("lockState"), pool, generation).Scan(
+	var setting string
+	err = q.QueryRowContext(ctx, s.sql("lockState"), pool, generation, fmt.Sprintf("%dms", statementTimeout.Milliseconds())).Scan(
 		&st.Generation, &st.StartCursor, &st.CompletionCursor, &st.CancelationCursor, &st.LastRecovery,
 		&st.LastActivity, &st.RunningCount, &st.Counters.Completed, &st.Counters.Succeeded, &st.Counters.Failed,
 		&st.Counters.Retries, &st.Counters.Canceled, &st.Counters.Since, &st.MaxParallelism, &st.LogLevel,
-		&st.NowSegment, &st.Now, &marked)
+		&st.NowSegment, &st.Now, &marked, &setting)
 	if err == sql.ErrNoRows {
 		return State{}, false, nil
 	}
@@ -242,12 +245,11 @@ type Completion struct {
 }
 
 // TakeCompletions deletes and returns up to limit completions in r, and
-// deletes their running rows. Work details are read for retries, and for
-// every completion when details is set (for events).
-func (s *Store) TakeCompletions(ctx context.Context, q Querier, pool string, r Range, limit int, details bool) ([]Completion, error) {
+// deletes their running rows.
+func (s *Store) TakeCompletions(ctx context.Context, q Querier, pool string, r Range, limit int) ([]Completion, error) {
 	var out []Completion
-	wasRunning := map[int64]bool{}
-	err := collect(ctx, q, s.sql("takeCompletions"), []any{pool, r.From, r.To, limit, details}, func(rows *sql.Rows) error {
+	running := map[int64]Completion{}
+	err := collect(ctx, q, s.sql("takeCompletions"), []any{pool, r.From, r.To, limit}, func(rows *sql.Rows) error {
 		var c Completion
 		var marker bool
 		if err := rows.Scan(&c.WorkID, &c.Attempt, &c.Status, &c.Error, &c.Retry, &c.RunMs, &c.Segment,
@@ -256,7 +258,7 @@ func (s *Store) TakeCompletions(ctx context.Context, q Querier, pool string, r R
 			return err
 		}
 		if marker {
-			wasRunning[c.WorkID] = true
+			running[c.WorkID] = c
 			return nil
 		}
 		out = append(out, c)
@@ -266,7 +268,9 @@ func (s *Store) TakeCompletions(ctx context.Context, q Querier, pool string, r R
 		return nil, fmt.Errorf("take completions: %w", err)
 	}
 	for i := range out {
-		out[i].WasRunning = wasRunning[out[i].WorkID]
+		if m, ok := running[out[i].WorkID]; ok {
+			out[i].WasRunning, out[i].Fn, out[i].Label = true, m.Fn, m.Label
+		}
 	}
 	return out, nil
 }
@@ -351,12 +355,11 @@ type Start struct {
 
 // StartWork moves up to limit due pending_start rows in r into running and
 // returns the rows it consumed and how many running rows it inserted (fewer
-// means some work was already running: an invariant violation). The label
-// is read only when details is set (for events).
-func (s *Store) StartWork(ctx context.Context, q Querier, pool string, r Range, limit int, details bool) ([]Start, int, error) {
+// means some work was already running: an invariant violation).
+func (s *Store) StartWork(ctx context.Context, q Querier, pool string, r Range, limit int) ([]Start, int, error) {
 	var out []Start
 	inserted := 0
-	err := collect(ctx, q, s.sql("startWork"), []any{pool, r.From, r.To, limit, details}, func(rows *sql.Rows) error {
+	err := collect(ctx, q, s.sql("startWork"), []any{pool, r.From, r.To, limit}, func(rows *sql.Rows) error {
 		var st Start
 		if err := rows.Scan(&st.WorkID, &st.Segment, &st.Fn, &st.Label, &st.Attempt, &inserted); err != nil {
 			return err

@@ -25,14 +25,18 @@ WITH a AS (
     SELECT nextval('{s}.work_id_seq') AS id, t.label, t.args, t.ctx, t.ord
     FROM unnest($1::text[], $2::text[], $3::text[]) WITH ORDINALITY AS t(label, args, ctx, ord)
 ), seg AS (
-    SELECT GREATEST($4::bigint, {now} + $5::bigint) AS segment
+    -- Due no earlier than asked: a delay rounds up to the next segment
+    -- boundary after now + delay, while undelayed work is due at once.
+    SELECT GREATEST($4::bigint, CASE WHEN $5::bigint > 0
+               THEN ceil((extract(epoch FROM statement_timestamp()) * 1000 + $5::bigint) / 100)::bigint
+               ELSE {now} END) AS segment
 ), w AS (
     INSERT INTO {s}.work (id, pool, fn_name, label, args, max_attempts, initial_backoff_ms,
                           backoff_base, timeout_ms, on_complete, on_complete_context)
     SELECT a.id, $6, $7, a.label, a.args::jsonb, $8, $9, $10, $11, $12, NULLIF(a.ctx, '')::jsonb FROM a
 ), ps AS (
-    INSERT INTO {s}.pending_start (work_id, pool, segment, fn_name, attempt, timeout_ms)
-    SELECT a.id, $6, seg.segment, $7, 0, $11 FROM a, seg
+    INSERT INTO {s}.pending_start (work_id, pool, segment, fn_name, label, attempt, timeout_ms)
+    SELECT a.id, $6, seg.segment, $7, a.label, 0, $11 FROM a, seg
 ), lk AS (
     SELECT pg_advisory_xact_lock_shared($13) AS locked
 )
@@ -75,12 +79,15 @@ SELECT id FROM {s}.work WHERE pool = $1 AND id > $2 AND id <= $3 ORDER BY id LIM
 	register("lastWorkID", `
 SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END FROM {s}.work_id_seq`)
 
+	// A missing row is "finished" only if the id was issued and no other
+	// pool owns it; an id of another pool's live work is not found.
 	register("status", `
 SELECT i.id, w.id IS NOT NULL, COALESCE(w.attempts, 0), COALESCE(w.result IS NOT NULL, false),
        EXISTS (SELECT 1 FROM {s}.pending_start p WHERE p.work_id = i.id),
        EXISTS (SELECT 1 FROM {s}.pending_completion c WHERE c.work_id = i.id AND c.retry),
        i.id > 0 AND i.id <= (SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END
                                FROM {s}.work_id_seq)
+                AND NOT EXISTS (SELECT 1 FROM {s}.work o WHERE o.id = i.id AND o.pool <> $1)
   FROM unnest($2::bigint[]) WITH ORDINALITY AS i(id, ord)
   LEFT JOIN {s}.work w ON w.id = i.id AND w.pool = $1
  ORDER BY i.ord`)
@@ -116,12 +123,13 @@ type NewWork struct {
 	TimeoutMs        int64
 	OnComplete       string // "" for none
 	// RunAtSegment is the earliest segment to start (0 for none); the item
-	// starts at the later of it and now + DelaySegments.
-	RunAtSegment  int64
-	DelaySegments int64
-	Labels        []string
-	Args          []string // JSON texts
-	Contexts      []string // JSON texts, "" for none
+	// starts at the later of it and the first segment boundary after now +
+	// DelayMs.
+	RunAtSegment int64
+	DelayMs      int64
+	Labels       []string
+	Args         []string // JSON texts
+	Contexts     []string // JSON texts, "" for none
 }
 
 // InsertWork inserts work rows and their pending_start rows and takes the
@@ -135,7 +143,7 @@ func (s *Store) InsertWork(ctx context.Context, q Querier, w NewWork, kickLock i
 		onComplete = sql.NullString{String: w.OnComplete, Valid: true}
 	}
 	err := collect(ctx, q, s.sql("insertWork"), []any{
-		w.Labels, w.Args, w.Contexts, w.RunAtSegment, w.DelaySegments,
+		w.Labels, w.Args, w.Contexts, w.RunAtSegment, w.DelayMs,
 		w.Pool, w.Fn, w.MaxAttempts, w.InitialBackoffMs, w.BackoffBase, w.TimeoutMs, onComplete,
 		kickLock,
 	}, func(r *sql.Rows) error {
@@ -224,7 +232,7 @@ type WorkStatus struct {
 	Finishing bool // outcome decided, onComplete not yet committed
 	Pending   bool // waiting to start (first time or retry)
 	Retrying  bool // failed, about to be rescheduled by the loop
-	Issued    bool // the id was handed out by the sequence at some point
+	Issued    bool // handed out by the sequence, and not another pool's live work
 }
 
 // Status looks up the given ids of a pool, in input order.

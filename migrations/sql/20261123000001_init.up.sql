@@ -34,13 +34,14 @@ CREATE INDEX IF NOT EXISTS work_finishing_idx ON {{.Schema}}.work (pool, finish_
     WHERE result IS NOT NULL;
 
 -- Work waiting to start, by the segment (100 ms bucket) it becomes due. It
--- carries what the running row needs (function, attempt, timeout) so that
--- starting a batch never has to look each work row up.
+-- carries what the running row needs (function, label, attempt, timeout) so
+-- that starting a batch never has to look each work row up.
 CREATE TABLE IF NOT EXISTS {{.Schema}}.pending_start (
     work_id    bigint  NOT NULL PRIMARY KEY,
     pool       text    NOT NULL,
     segment    bigint  NOT NULL,
     fn_name    text    NOT NULL,
+    label      text    NOT NULL DEFAULT '',
     attempt    integer NOT NULL,
     timeout_ms bigint  NOT NULL
 );
@@ -76,6 +77,7 @@ CREATE TABLE IF NOT EXISTS {{.Schema}}.running (
     work_id    bigint      NOT NULL PRIMARY KEY,
     pool       text        NOT NULL,
     fn_name    text        NOT NULL,
+    label      text        NOT NULL DEFAULT '',
     attempt    integer     NOT NULL,
     segment    bigint      NOT NULL,
     started_at timestamptz NOT NULL,
