@@ -25,7 +25,7 @@ import (
 // recorded by a worker) has an empty fn and no label: the loop reads both
 // from the work row. See bug_completed_event_label_test.go. Set it to false
 // once fixed, and the tests below check fn and label on every event.
-const stKnownBugCompletedFnLabel = true
+const stKnownBugCompletedFnLabel = false
 
 const stPool = "stats"
 
@@ -309,6 +309,8 @@ func TestStatsEventsAndStatsAtInfo(t *testing.T) {
 	assert.Equal(t, 0.1667, r.PermanentFailureRate, "failed 1 / (completed 7 - retries 1)")
 	assert.False(t, r.IntervalStart.IsZero())
 	assert.True(t, r.IntervalStart.Before(time.Now()))
+	assert.True(t, r.IntervalEnd.After(r.IntervalStart), "IntervalEnd is now: %v", r.IntervalEnd)
+	assert.WithinDuration(t, time.Now(), r.IntervalEnd, 5*time.Second)
 
 	lags, runs := stSamples(w.logs.all())
 	assert.Len(t, lags, 10)
