@@ -20,13 +20,6 @@ import (
 	"github.com/pgworkpool/pgworkpool/workpool"
 )
 
-// stKnownBugCompletedFnLabel tolerates the known bug that the "completed"
-// event of an item whose work row was already deleted (a terminal outcome
-// recorded by a worker) has an empty fn and no label: the loop reads both
-// from the work row. See bug_completed_event_label_test.go. Set it to false
-// once fixed, and the tests below check fn and label on every event.
-const stKnownBugCompletedFnLabel = false
-
 const stPool = "stats"
 
 // stItem is one work item of the known workload.
@@ -178,15 +171,11 @@ func (w *stWorkload) checkEvents(t *testing.T) {
 		if !assert.NotNil(t, it, "%s of unknown work %d", r.Msg, r.int("work_id")) {
 			continue
 		}
-		fnLabelKnown := true
-		if r.Msg == "completed" && stKnownBugCompletedFnLabel && r.str("fn") == "" && !r.has("label") {
-			fnLabelKnown = false // the known bug
-		}
-		if fnLabelKnown {
-			assert.Equal(t, it.fn, r.str("fn"), "%s of %s", r.Msg, it.key)
-			assert.Equal(t, it.label != "", r.has("label"), "%s of %s: label present iff set", r.Msg, it.key)
-			assert.Equal(t, it.label, r.str("label"), "%s of %s", r.Msg, it.key)
-		}
+		// fn and label even once the work row is gone (they once were
+		// blank in completed events of finished work).
+		assert.Equal(t, it.fn, r.str("fn"), "%s of %s", r.Msg, it.key)
+		assert.Equal(t, it.label != "", r.has("label"), "%s of %s: label present iff set", r.Msg, it.key)
+		assert.Equal(t, it.label, r.str("label"), "%s of %s", r.Msg, it.key)
 		keys := []string{"pool", "event", "work_id", "fn"}
 		if r.has("label") {
 			keys = append(keys, "label")
