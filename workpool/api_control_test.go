@@ -148,6 +148,11 @@ func TestAPISetLogLevel(t *testing.T) {
 		return len(otherLogs.events("enqueued", id)) == 1
 	})
 
+	// Let the loop settle first: an iteration in flight while the level
+	// changes can put the old level back (bug_setloglevel_race_test.go).
+	waitFor(t, 10*time.Second, "the loop to settle", func() bool {
+		return e.count("SELECT count(*) FROM "+e.schema+".run_status WHERE state <> 'running'") == 1
+	})
 	require.NoError(t, p.SetLogLevel(ctx, workpool.LogError))
 	quietAgain := enqueue(t, p, f, num{N: 4}, workpool.OnComplete(done, ""))
 	e.waitCompletion(quietAgain, 10*time.Second)

@@ -2,6 +2,7 @@ package workpool_test
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"strconv"
 	"strings"
@@ -213,6 +214,19 @@ func TestAPIEnqueueTx(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, workpool.StateFinished, st.State)
 
+	// In REPEATABLE READ and SERIALIZABLE transactions too.
+	for _, level := range []sql.IsolationLevel{sql.LevelRepeatableRead, sql.LevelSerializable} {
+		var id workpool.WorkID
+		err := e.db.RunInTx(ctx, &sql.TxOptions{Isolation: level}, func(ctx context.Context, tx bun.Tx) error {
+			var err error
+			id, err = p.EnqueueTx(ctx, tx, f, num{N: 5}, workpool.OnComplete(done, level.String()))
+			return err
+		})
+		require.NoError(t, err)
+		assert.Equal(t, "50", e.waitCompletion(id, 10*time.Second).Value, level.String())
+		assert.Equal(t, 5, recv(t, ran, time.Second, "the handler"))
+	}
+
 	// EnqueueTx also takes the *bun.DB itself (autocommit) and a bun.Conn.
 	id, err := p.EnqueueTx(ctx, e.db, f, num{N: 3}, workpool.OnComplete(done, "db"))
 	require.NoError(t, err)
@@ -223,6 +237,7 @@ func TestAPIEnqueueTx(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, "30", e.waitCompletion(id, 10*time.Second).Value)
 	assert.Equal(t, "40", e.waitCompletion(id2, 10*time.Second).Value)
+	assert.ElementsMatch(t, []int{3, 4}, []int{recv(t, ran, time.Second, "the handler"), recv(t, ran, time.Second, "the handler")})
 }
 
 // TestAPIEnqueueBatch: the returned IDs are in input order, a batch is one
@@ -356,8 +371,8 @@ func TestAPIEnqueueBatchTx(t *testing.T) {
 	}
 }
 
-// TestAPIRunAtRunAfter: scheduled work is pending until it is due (to the
-// 100 ms segment) and starts promptly then.
+// TestAPIRunAtRunAfter: scheduled work is pending until it is due, never
+// starts early, and starts promptly then.
 func TestAPIRunAtRunAfter(t *testing.T) {
 	t.Parallel()
 	e := newAPIEnv(t)
@@ -375,13 +390,17 @@ func TestAPIRunAtRunAfter(t *testing.T) {
 	})
 	start(t, p)
 	ctx := context.Background()
-	const segment = 100 * time.Millisecond
 
 	runAt := time.Now().Add(1500 * time.Millisecond)
 	atID := enqueue(t, p, f, num{N: 1}, workpool.RunAt(runAt))
 	afterBase := time.Now()
 	afterID := enqueue(t, p, f, num{N: 2}, workpool.RunAfter(time.Second))
 	past := enqueue(t, p, f, num{N: 3}, workpool.RunAt(time.Now().Add(-time.Hour)))
+
+	// More than four years ahead means a year from now.
+	far := enqueue(t, p, f, num{N: 4}, workpool.RunAt(time.Now().AddDate(10, 0, 0)))
+	assert.Equal(t, 1, e.count("SELECT count(*) FROM "+e.schema+".pending_start WHERE work_id = ? "+
+		"AND segment BETWEEN extract(epoch FROM now() + interval '364 days') * 10 AND extract(epoch FROM now() + interval '366 days') * 10", int64(far)))
 
 	got := recv(t, started, 5*time.Second, "the item due in the past")
 	assert.Equal(t, 3, got.n)
@@ -391,18 +410,18 @@ func TestAPIRunAtRunAfter(t *testing.T) {
 	assert.Equal(t, []workpool.Status{{State: workpool.StatePending}, {State: workpool.StatePending}}, sts)
 	stats, err := p.Stats(ctx)
 	require.NoError(t, err)
-	assert.Equal(t, int64(2), stats.Future)
+	assert.Equal(t, int64(3), stats.Future)
 	assert.Equal(t, int64(0), stats.Backlog)
 
 	for range 2 {
 		got := recv(t, started, 5*time.Second, "a scheduled item")
 		switch got.n {
 		case 1:
-			assert.False(t, got.at.Before(runAt.Add(-segment)), "RunAt item started %v before its time", runAt.Sub(got.at))
+			assert.False(t, got.at.Before(runAt), "RunAt item started %v before its time", runAt.Sub(got.at))
 			assert.Less(t, got.at.Sub(runAt), time.Second, "RunAt item started late")
 		case 2:
 			due := afterBase.Add(time.Second)
-			assert.False(t, got.at.Before(due.Add(-segment)), "RunAfter item started %v before its time", due.Sub(got.at))
+			assert.False(t, got.at.Before(due), "RunAfter item started %v before its time", due.Sub(got.at))
 			assert.Less(t, got.at.Sub(due), time.Second, "RunAfter item started late")
 		default:
 			t.Errorf("unexpected item %d", got.n)
@@ -439,9 +458,7 @@ func TestAPILabel(t *testing.T) {
 	assert.Equal(t, "order-42", scanString(t, e, "SELECT label FROM "+e.schema+".work WHERE id = $1", int64(id)))
 	close(release)
 	waitFor(t, 10*time.Second, "the completed event", func() bool { return len(logs.events("completed", id)) > 0 })
-	// The completed event should carry them too, but does not (see
-	// bug_completed_event_label_test.go); only its presence is checked here.
-	for _, ev := range []string{"enqueued", "started"} {
+	for _, ev := range []string{"enqueued", "started", "completed"} {
 		lines := logs.events(ev, id)
 		if assert.Len(t, lines, 1, ev) {
 			assert.Equal(t, "order-42", lines[0].Attrs["label"], ev)

@@ -1,0 +1,77 @@
+package workpool_test
+
+import (
+	"context"
+	"errors"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/pgworkpool/pgworkpool/workpool"
+)
+
+// TestAPILeaseKeptByHeartbeat: a handler that runs longer than the lease
+// is not declared lost while its process heartbeats: a recovery pass in
+// the middle of it leaves it alone and it completes once.
+func TestAPILeaseKeptByHeartbeat(t *testing.T) {
+	t.Parallel()
+	e := newAPIEnv(t)
+	p := e.pool(workpool.Config{MaxParallelism: 2, HeartbeatInterval: 100 * time.Millisecond, Lease: 400 * time.Millisecond})
+	var calls atomic.Int32
+	started := make(chan struct{}, 2)
+	release := make(chan struct{})
+	f := mustRegister(t, p, "long", func(ctx context.Context, a num) (int, error) {
+		calls.Add(1)
+		started <- struct{}{}
+		<-release
+		return a.N, nil
+	})
+	done := mustOnComplete(t, e, p, "done")
+	start(t, p)
+	id := enqueue(t, p, f, num{N: 8}, workpool.Retry(workpool.RetryBehavior{MaxAttempts: 3, Base: 1}), workpool.OnComplete(done, ""))
+	recv(t, started, 10*time.Second, "the handler to start")
+	// Outlive the lease several times over; the process heartbeats meanwhile.
+	waitFor(t, 10*time.Second, "the attempt to outlive its lease", func() bool {
+		return e.count("SELECT count(*) FROM "+e.schema+".running WHERE claimed_at < now() - interval '1200 milliseconds'") == 1
+	})
+	e.forceRecovery(p.Name())
+	require.NoError(t, p.SetMaxParallelism(context.Background(), 3)) // kicks the loop
+	waitFor(t, 10*time.Second, "a recovery pass", func() bool {
+		return e.count("SELECT count(*) FROM "+e.schema+".internal_state WHERE last_recovery > 0") == 1
+	})
+	st, err := p.Status(context.Background(), id)
+	require.NoError(t, err)
+	assert.Equal(t, workpool.Status{State: workpool.StateRunning}, st, "recovery took a heartbeating attempt")
+	close(release)
+	assert.Equal(t, apiCompletion{Status: "success", Value: "8", Attempts: 1}, e.waitCompletion(id, 10*time.Second))
+	assert.Equal(t, int32(1), calls.Load())
+	assert.Len(t, started, 0)
+}
+
+// TestAPITimeoutRetried: a timed-out attempt is a failed attempt: retried
+// while retries remain, with a fresh deadline each time.
+func TestAPITimeoutRetried(t *testing.T) {
+	t.Parallel()
+	e := newAPIEnv(t)
+	p := e.pool(workpool.Config{MaxParallelism: 2})
+	var calls atomic.Int32
+	f := mustRegister(t, p, "slow-then-fast", func(ctx context.Context, a num) (int, error) {
+		if calls.Add(1) < 3 {
+			<-ctx.Done()
+			if !errors.Is(ctx.Err(), context.DeadlineExceeded) {
+				return 0, errors.New("context not timed out")
+			}
+			return 0, ctx.Err()
+		}
+		return a.N, nil
+	})
+	done := mustOnComplete(t, e, p, "done")
+	start(t, p)
+	id := enqueue(t, p, f, num{N: 3}, workpool.Timeout(100*time.Millisecond),
+		workpool.Retry(workpool.RetryBehavior{MaxAttempts: 3, InitialBackoff: 10 * time.Millisecond, Base: 1}), workpool.OnComplete(done, ""))
+	assert.Equal(t, apiCompletion{Status: "success", Value: "3", Attempts: 3}, e.waitCompletion(id, 10*time.Second))
+	assert.Equal(t, int32(3), calls.Load())
+}
