@@ -547,3 +547,37 @@ func TestAPITimeout(t *testing.T) {
 		assert.Equal(t, int32(1), calls[i].Load(), "item %d ran more than once (NoRetry is the default)", i)
 	}
 }
+
+// TestAPIRegisterNoResult: an error-only function reports success or its
+// error; its onComplete takes struct{} results.
+func TestAPIRegisterNoResult(t *testing.T) {
+	t.Parallel()
+	e := newAPIEnv(t)
+	p := e.pool(workpool.Config{MaxParallelism: 2})
+	f, err := workpool.RegisterNoResult(p, "notify", func(ctx context.Context, a num) error {
+		if a.N < 0 {
+			return errors.New("negative")
+		}
+		return nil
+	})
+	require.NoError(t, err)
+	assert.Equal(t, "notify", f.Name())
+	ended := make(chan workpool.Completion[int, struct{}], 4)
+	done, err := workpool.RegisterOnComplete(p, "done", func(ctx context.Context, tx bun.Tx, c workpool.Completion[int, struct{}]) error {
+		ended <- c
+		return nil
+	})
+	require.NoError(t, err)
+	_, err = workpool.RegisterNoResult[num](p, "nil", nil)
+	assert.ErrorIs(t, err, workpool.ErrInvalidName)
+	start(t, p)
+	ok := enqueue(t, p, f, num{N: 1}, workpool.OnComplete(done, 1))
+	bad := enqueue(t, p, f, num{N: -1}, workpool.OnComplete(done, 2))
+	got := map[workpool.WorkID]workpool.Completion[int, struct{}]{}
+	for range 2 {
+		c := recv(t, ended, 10*time.Second, "a completion")
+		got[c.WorkID] = c
+	}
+	assert.Equal(t, workpool.Completion[int, struct{}]{WorkID: ok, Context: 1, Status: workpool.Succeeded, Attempts: 1}, got[ok])
+	assert.Equal(t, workpool.Completion[int, struct{}]{WorkID: bad, Context: 2, Status: workpool.Failed, Error: "negative", Attempts: 1}, got[bad])
+}
