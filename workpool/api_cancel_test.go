@@ -174,3 +174,33 @@ func TestAPICancelAll(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, int64(1512), s.Canceled)
 }
+
+// TestAPICancelRunningInAnotherProcess: a cancel reaches a handler running
+// in a process that does not lead the loop (by NOTIFY), and a process that
+// never started can cancel.
+func TestAPICancelRunningInAnotherProcess(t *testing.T) {
+	t.Parallel()
+	e := newAPIEnv(t)
+	leader := e.pool(workpool.Config{MaxParallelism: 3}) // leads, runs no functions
+	start(t, leader)
+	worker := e.pool(workpool.Config{})
+	started := make(chan struct{}, 1)
+	ctxErr := make(chan error, 1)
+	mustRegister(t, worker, "f", func(ctx context.Context, a num) (int, error) {
+		started <- struct{}{}
+		<-ctx.Done()
+		ctxErr <- ctx.Err()
+		return 0, ctx.Err()
+	})
+	mustOnComplete(t, e, worker, "done")
+	start(t, worker)
+	producer := e.pool(workpool.Config{}) // never started
+	pf := mustRegister(t, producer, "f", func(ctx context.Context, a num) (int, error) { return 0, nil })
+	pd := mustOnComplete(t, e, producer, "done")
+	id := enqueue(t, producer, pf, num{}, workpool.Retry(workpool.RetryBehavior{MaxAttempts: 3, Base: 1}), workpool.OnComplete(pd, "remote"))
+	recv(t, started, 10*time.Second, "the handler to start in the worker process")
+	require.NoError(t, producer.Cancel(context.Background(), id))
+	assert.ErrorIs(t, recv(t, ctxErr, 10*time.Second, "the handler's context to be canceled"), context.Canceled)
+	assert.Equal(t, apiCompletion{Status: "canceled", Value: "0", Context: "remote", Attempts: 1}, e.waitCompletion(id, 10*time.Second))
+	assert.Len(t, started, 0, "canceled work was retried")
+}
