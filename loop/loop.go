@@ -50,6 +50,21 @@
 //   - The re-check before idle scans each pending table from its first row,
 //     not from the cursors, so long producer transactions that committed
 //     behind the cursors are not stranded while nothing runs.
+//   - The process that runs the loop claims, in the statement that starts
+//     work, as much as its own free worker slots can take, and hands it to
+//     its workers after the commit with the arguments already read. Other
+//     processes claim with FOR UPDATE SKIP LOCKED as DESIGN.md describes.
+//     This saves a transaction and an update per item on the common path.
+//
+// # Round trips
+//
+// An iteration is pipelined: the first round trip sends BEGIN, the state
+// lock, the completion, cancelation and start phases together (their
+// ranges come from the state this process wrote last, which is exactly the
+// database's while the generation matches; the start phase computes its
+// own limit from the running count the phases before it left). The second
+// sends the retries and endings, the state and COMMIT. A busy iteration
+// costs two round trips; going idle costs three.
 package loop
 
 import (
@@ -81,7 +96,7 @@ const (
 	// activity before it goes idle. Zero: our kicks are a NOTIFY away, so
 	// going idle at once costs a producer one run_status write on its next
 	// enqueue, while polling would add up to a poll interval of latency and
-	// queries for every quiet moment. See the package README for figures.
+	// queries for every quiet moment.
 	CooldownDefault = time.Duration(0)
 	// PollIntervalDefault is the polling period during a cooldown.
 	PollIntervalDefault = 20 * time.Millisecond
@@ -118,6 +133,22 @@ type Config struct {
 	// server (StatementTimeoutDefault), so an iteration whose client went
 	// away cannot keep its locks.
 	StatementTimeout time.Duration
+	// Local, if set, receives the work the loop claims for the workers of
+	// this process (see the package doc).
+	Local LocalWorkers
+}
+
+// LocalWorkers is the face of this process's workers that the loop hands
+// work to directly.
+type LocalWorkers interface {
+	// Reserve sets aside up to max free slots for one iteration and says
+	// for which worker and functions; a claim with no slots is allowed.
+	Reserve(max int) store.LocalClaim
+	// Deliver runs the attempts claimed for this process, after the
+	// iteration committed, and frees the reserved slots it did not use.
+	Deliver(claim store.LocalClaim, starts []store.Start)
+	// Unreserve frees the slots of an iteration that did not commit.
+	Unreserve(claim store.LocalClaim)
 }
 
 // Loop runs iterations of one pool's main loop.
@@ -130,8 +161,15 @@ type Loop struct {
 	startLag *stats.Sampler
 	runTime  *stats.Sampler
 
-	mu         sync.Mutex // serializes Main within this process
-	lastReport *stats.Report
+	mu sync.Mutex // serializes Main within this process
+	// cache is the state this process wrote last; it equals the database's
+	// while the generation matches, which lets the first round trip carry
+	// the phases along with the state lock.
+	cache struct {
+		valid bool
+		state store.State
+		at    time.Time
+	}
 }
 
 // New returns a Loop for cfg.
@@ -161,6 +199,14 @@ func New(cfg Config) *Loop {
 		startLag: stats.NewSampler(0),
 		runTime:  stats.NewSampler(0),
 	}
+}
+
+// SetLocal sets (or, with nil, clears) the workers of this process that
+// the loop hands work to; it takes effect at the next iteration.
+func (l *Loop) SetLocal(lw LocalWorkers) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.cfg.Local = lw
 }
 
 // Keys returns the pool's channel and lock keys.
@@ -207,6 +253,8 @@ type Outcome struct {
 	Delay time.Duration
 	// Counts of what the iteration did.
 	Completions, Cancelations, Started, Retried, Ended, Recovered int
+	// Delivered counts the attempts handed to this process's workers.
+	Delivered int
 	// Signals is the set of worker signals it sent (store.Signal* letters).
 	Signals string
 	// Report is the report the iteration logged, if one was due.
@@ -215,12 +263,21 @@ type Outcome struct {
 
 // iteration carries one call's state through its phases.
 type iteration struct {
-	st       store.State
-	running  int
-	counters store.Counters
-	cursors  struct{ start, completion, cancelation int64 }
-	signals  map[byte]bool
-	out      Outcome
+	st           store.State
+	running      int
+	counters     store.Counters
+	cursors      struct{ start, completion, cancelation int64 }
+	lastRecovery int64
+	lastActivity int64
+	recovery     bool
+	signals      map[byte]bool
+	local        store.LocalClaim
+	comps        store.Completions
+	cans         []store.Cancelation
+	starts       store.Starts
+	deliver      []store.Start
+	final        []store.Op // statements of the last round trip, before COMMIT
+	out          Outcome
 }
 
 func (it *iteration) signal(b byte) {
@@ -244,132 +301,150 @@ func (it *iteration) payload() string {
 func (l *Loop) Main(ctx context.Context, generation int64) (Outcome, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	tx, err := l.cfg.DB.BeginTx(ctx, nil)
-	if err != nil {
-		return Outcome{}, fmt.Errorf("pgworkpool: loop: begin: %w", err)
-	}
-	committed := false
-	defer func() {
-		if !committed {
-			_ = tx.Rollback()
-		}
-	}()
-
-	out, report, err := l.iterate(ctx, tx, generation)
+	conn, err := l.cfg.DB.Conn(ctx)
 	if err != nil {
 		return Outcome{}, fmt.Errorf("pgworkpool: loop: %w", err)
 	}
-	if out.Stale {
-		return out, nil
+	defer conn.Close()
+	it := &iteration{}
+	if l.cfg.Local != nil {
+		it.local = l.cfg.Local.Reserve(l.cfg.BatchSize)
 	}
-	if err := tx.Commit(); err != nil {
-		return Outcome{}, fmt.Errorf("pgworkpool: loop: commit: %w", err)
+	report, err := l.iterate(ctx, conn, generation, it)
+	if err != nil || it.out.Stale {
+		// Roll back whatever ran; a fresh context, as ctx may be why we
+		// are leaving.
+		_, _ = conn.ExecContext(context.WithoutCancel(ctx), "ROLLBACK")
+		if l.cfg.Local != nil {
+			l.cfg.Local.Unreserve(it.local)
+		}
+		l.cache.valid = false
+		if err != nil {
+			return Outcome{}, fmt.Errorf("pgworkpool: loop: %w", err)
+		}
+		return it.out, nil
 	}
-	committed = true
+	if l.cfg.Local != nil {
+		l.cfg.Local.Deliver(it.local, it.deliver)
+		it.out.Delivered = len(it.deliver)
+	}
+	l.remember(it)
 	if report != nil {
 		l.logReport(ctx, report)
-		out.Report = report
+		it.out.Report = report
 	}
-	return out, nil
+	return it.out, nil
 }
 
-func (l *Loop) iterate(ctx context.Context, tx *sql.Tx, generation int64) (Outcome, *stats.Report, error) {
-	s, pool, log := l.cfg.Store, l.cfg.Pool, l.cfg.Logger
-	st, found, err := s.LockState(ctx, tx, pool, generation, l.cfg.StatementTimeout)
-	if err != nil {
-		return Outcome{}, nil, err
-	}
-	if !found {
-		return Outcome{}, nil, ErrPoolNotFound
-	}
-	if st.Generation != generation {
-		log.Debug(ctx, "loop: stale iteration ignored", "generation", generation, "current", st.Generation)
-		return Outcome{Stale: true, Generation: st.Generation}, nil, nil
-	}
-	if lvl, err := stats.ParseLevel(st.LogLevel); err == nil {
-		log.SetLevel(lvl)
-	}
-	it := &iteration{st: st, running: st.RunningCount, counters: st.Counters}
-	it.out.Generation = generation + 1
-	it.cursors.start, it.cursors.completion, it.cursors.cancelation = st.StartCursor, st.CompletionCursor, st.CancelationCursor
-	now := st.NowSegment
-	recoveryIter := st.RunningCount > 0 && segments.Segment(now-st.LastRecovery) >= l.recoveryPeriod()
+// remember caches the state this iteration wrote.
+func (l *Loop) remember(it *iteration) {
+	st := it.st
+	st.Generation = it.out.Generation
+	st.StartCursor, st.CompletionCursor, st.CancelationCursor = it.cursors.start, it.cursors.completion, it.cursors.cancelation
+	st.LastRecovery, st.LastActivity = it.lastRecovery, it.lastActivity
+	st.RunningCount = it.running
+	st.Counters = it.counters
+	l.cache.valid, l.cache.state, l.cache.at = true, st, time.Now()
+}
+
+func (l *Loop) recoveryPeriod() segments.Segment { return segments.Of(l.cfg.RecoveryPeriod) }
+
+// phases returns the completion, cancelation and start statements for a
+// state, reading into it.
+func (l *Loop) phases(st store.State, recoveryIter bool, it *iteration) []store.Op {
+	s, pool := l.cfg.Store, l.cfg.Pool
 	from := func(cursor int64) int64 {
 		if recoveryIter {
 			return 0 // the recovery pass rescans every pending table from its start
 		}
 		return cursor - int64(segments.CursorBuffer)
 	}
+	return []store.Op{
+		s.TakeCompletionsOp(pool, store.Range{From: from(st.CompletionCursor), To: math.MaxInt64}, l.cfg.BatchSize, &it.comps),
+		s.TakeCancelationsOp(pool, store.Range{From: from(st.CancelationCursor), To: math.MaxInt64}, l.cfg.BatchSize, &it.cans),
+		s.StartWorkOp(pool, store.Range{From: from(st.StartCursor), To: math.MaxInt64}, l.cfg.BatchSize, it.local, &it.starts),
+	}
+}
 
-	canceledRetries, err := l.completions(ctx, tx, it, from(st.CompletionCursor))
-	if err != nil {
-		return Outcome{}, nil, err
+func (l *Loop) iterate(ctx context.Context, conn *sql.Conn, generation int64, it *iteration) (*stats.Report, error) {
+	s, pool, log := l.cfg.Store, l.cfg.Pool, l.cfg.Logger
+	var st store.State
+	first := []store.Op{store.Raw("BEGIN"), s.LockStateOp(pool, generation, l.cfg.StatementTimeout, &st)}
+	cached := l.cache.valid && l.cache.state.Generation == generation
+	if cached {
+		c := l.cache.state
+		elapsed := int64(segments.FromTime(time.Now()) - segments.FromTime(l.cache.at))
+		it.recovery = c.RunningCount > 0 && segments.Segment(c.NowSegment+elapsed-c.LastRecovery) >= l.recoveryPeriod()
+		first = append(first, l.phases(c, it.recovery, it)...)
 	}
-	if err := l.cancelations(ctx, tx, it, from(st.CancelationCursor), canceledRetries); err != nil {
-		return Outcome{}, nil, err
+	if err := store.Pipeline(ctx, conn, first...); err != nil {
+		return nil, err
 	}
-	lastRecovery := st.LastRecovery
-	switch {
-	case recoveryIter:
-		res, err := recovery.Run(ctx, tx, s, pool, l.cfg.Recovery, log)
-		if err != nil {
-			return Outcome{}, nil, err
+	if !st.Found {
+		return nil, ErrPoolNotFound
+	}
+	if st.Generation != generation {
+		log.Debug(ctx, "loop: stale iteration ignored", "generation", generation, "current", st.Generation)
+		it.out = Outcome{Stale: true, Generation: st.Generation}
+		return nil, nil
+	}
+	if !cached {
+		it.recovery = st.RunningCount > 0 && segments.Segment(st.NowSegment-st.LastRecovery) >= l.recoveryPeriod()
+		if err := store.Pipeline(ctx, conn, l.phases(st, it.recovery, it)...); err != nil {
+			return nil, err
 		}
-		it.running -= len(res.Orphans)
-		it.out.Recovered = len(res.Recorded) + len(res.Orphans)
-		for _, r := range res.Recorded {
-			if r.OnComplete != "" {
-				it.signal(store.SignalFinish) // a final failure waits for its onComplete
-			}
-		}
-		lastRecovery = now
-	case it.running == 0:
-		lastRecovery = now // nothing runs: restart the recovery clock
 	}
-	if err := l.starts(ctx, tx, it, from(st.StartCursor)); err != nil {
-		return Outcome{}, nil, err
+	if lvl, err := stats.ParseLevel(st.LogLevel); err == nil {
+		log.SetLevel(lvl)
+	}
+	it.st, it.running, it.counters = st, st.RunningCount, st.Counters
+	it.cursors.start, it.cursors.completion, it.cursors.cancelation = st.StartCursor, st.CompletionCursor, st.CancelationCursor
+	it.lastRecovery, it.lastActivity = st.LastRecovery, st.LastActivity
+	it.out.Generation = generation + 1
+
+	retries, canceledRetries := l.completions(ctx, it)
+	toEnd := l.cancelations(ctx, it, canceledRetries)
+	l.starts(ctx, it)
+	if err := l.endings(ctx, conn, it, retries, toEnd); err != nil {
+		return nil, err
+	}
+	if err := l.recover(ctx, conn, it); err != nil {
+		return nil, err
 	}
 
 	var report *stats.Report
 	if st.Now.Sub(it.counters.Since) >= l.cfg.ReportInterval {
 		report = l.takeReport(it, st.Now)
 	}
-
-	didWork := it.out.Completions > 0 || it.out.Cancelations > 0 || it.out.Started > 0 || it.out.Recovered > 0
-	lastActivity := st.LastActivity
-	if didWork {
-		lastActivity = now
-		it.out.Next = NextNow
-	} else if err := l.decide(ctx, tx, it, lastRecovery, lastActivity); err != nil {
-		return Outcome{}, nil, err
-	}
-	it.out.Signals = it.payload()
-	if err := s.SaveState(ctx, tx, pool, store.SavedState{
-		Generation:  it.out.Generation,
-		StartCursor: it.cursors.start, CompletionCursor: it.cursors.completion, CancelationCursor: it.cursors.cancelation,
-		LastRecovery: lastRecovery, LastActivity: lastActivity,
-		RunningCount: it.running,
-		Counters:     it.counters,
-	}, l.keys.Channel, it.out.Signals); err != nil {
-		return Outcome{}, nil, err
-	}
-	return it.out, report, nil
-}
-
-// completions consumes a batch of pending_completion and returns the ids of
-// retries that must end as canceled instead.
-func (l *Loop) completions(ctx context.Context, tx *sql.Tx, it *iteration, from int64) ([]int64, error) {
-	s, pool, log := l.cfg.Store, l.cfg.Pool, l.cfg.Logger
-	now := it.st.NowSegment
-	comps, err := s.TakeCompletions(ctx, tx, pool, store.Range{From: from, To: math.MaxInt64}, l.cfg.BatchSize)
-	if err != nil {
+	o := &it.out
+	if o.Completions > 0 || o.Cancelations > 0 || o.Started > 0 || o.Recovered > 0 {
+		it.lastActivity = st.NowSegment
+		o.Next = NextNow
+	} else if err := l.decide(ctx, conn, it); err != nil {
 		return nil, err
 	}
+	o.Signals = it.payload()
+	last := append(it.final, s.SaveStateOp(pool, store.SavedState{
+		Generation:  o.Generation,
+		StartCursor: it.cursors.start, CompletionCursor: it.cursors.completion, CancelationCursor: it.cursors.cancelation,
+		LastRecovery: it.lastRecovery, LastActivity: it.lastActivity,
+		Counters: it.counters,
+	}, l.keys.Channel, o.Signals), store.Raw("COMMIT"))
+	if err := store.Pipeline(ctx, conn, last...); err != nil {
+		return nil, err
+	}
+	return report, nil
+}
+
+// completions accounts for the completions the first round trip consumed
+// and returns the retries to schedule (ids and segments) and the ids of
+// retries that must end as canceled instead.
+func (l *Loop) completions(ctx context.Context, it *iteration) (retries [2][]int64, canceled []int64) {
+	log := l.cfg.Logger
+	now := it.st.NowSegment
+	comps := it.comps.Done()
 	it.out.Completions = len(comps)
 	it.cursors.completion = advance(it.cursors.completion, comps, l.cfg.BatchSize, now, func(c store.Completion) int64 { return c.Segment })
-
-	var canceled, retryIDs, retrySegs []int64
-	retryOf := map[int64]store.Completion{}
 	for _, c := range comps {
 		if c.WasRunning {
 			it.running--
@@ -404,43 +479,22 @@ func (l *Loop) completions(ctx context.Context, tx *sql.Tx, it *iteration, from 
 			if reason != segments.InRange {
 				log.Warn(ctx, "loop: "+reason.String(), "work_id", c.WorkID)
 			}
-			retryIDs = append(retryIDs, c.WorkID)
-			retrySegs = append(retrySegs, int64(seg))
-			retryOf[c.WorkID] = c
+			retries[0] = append(retries[0], c.WorkID)
+			retries[1] = append(retries[1], int64(seg))
 		}
 	}
-	if len(retryIDs) > 0 {
-		inserted, err := s.InsertRetries(ctx, tx, pool, retryIDs, retrySegs)
-		if err != nil {
-			return nil, err
-		}
-		for _, id := range inserted {
-			it.counters.Retries++
-			it.out.Retried++
-			l.completedEvent(ctx, retryOf[id], stats.StatusRetrying)
-			delete(retryOf, id)
-		}
-		for id := range retryOf {
-			log.Error(ctx, "loop: retry skipped, work already has a pending start", "work_id", id)
-		}
-	}
-	return canceled, nil
+	return retries, canceled
 }
 
-// cancelations consumes a batch of pending_cancelation and ends canceled
-// work that is not running, together with the canceled retries.
-func (l *Loop) cancelations(ctx context.Context, tx *sql.Tx, it *iteration, from int64, canceledRetries []int64) error {
-	s, pool, log := l.cfg.Store, l.cfg.Pool, l.cfg.Logger
-	cans, err := s.TakeCancelations(ctx, tx, pool, store.Range{From: from, To: math.MaxInt64}, l.cfg.BatchSize)
-	if err != nil {
-		return err
-	}
-	it.out.Cancelations = len(cans)
-	it.cursors.cancelation = advance(it.cursors.cancelation, cans, l.cfg.BatchSize, it.st.NowSegment, func(c store.Cancelation) int64 { return c.Segment })
-
+// cancelations accounts for the cancelations the first round trip consumed
+// and returns the work to end as canceled (with the canceled retries).
+func (l *Loop) cancelations(ctx context.Context, it *iteration, canceledRetries []int64) []int64 {
+	log := l.cfg.Logger
+	it.out.Cancelations = len(it.cans)
+	it.cursors.cancelation = advance(it.cursors.cancelation, it.cans, l.cfg.BatchSize, it.st.NowSegment, func(c store.Cancelation) int64 { return c.Segment })
 	toEnd := canceledRetries
 	seen := map[int64]bool{}
-	for _, c := range cans {
+	for _, c := range it.cans {
 		switch {
 		case seen[c.WorkID]:
 			log.Debug(ctx, "loop: duplicate cancelation", "work_id", c.WorkID)
@@ -453,12 +507,97 @@ func (l *Loop) cancelations(ctx context.Context, tx *sql.Tx, it *iteration, from
 		}
 		seen[c.WorkID] = true
 	}
-	if len(toEnd) == 0 {
+	return toEnd
+}
+
+// starts accounts for what the start phase moved into running.
+func (l *Loop) starts(ctx context.Context, it *iteration) {
+	log := l.cfg.Logger
+	now := it.st.NowSegment
+	st := &it.starts
+	rows := st.Rows
+	last := int64(0)
+	for _, r := range rows {
+		last = max(last, r.Segment)
+	}
+	switch {
+	case len(rows) == 0:
+		it.cursors.start = max(it.cursors.start, now)
+	case len(rows) >= st.Limit:
+		it.cursors.start = last // more may follow in that segment
+	default:
+		it.cursors.start = max(last, now)
+	}
+	if len(rows) == 0 {
+		return
+	}
+	// The phase's own count is authoritative: it saw the completions of
+	// this transaction.
+	it.running = st.Running
+	it.out.Started = st.Inserted
+	var mine []int64
+	remote := false
+	for _, r := range rows {
+		lag := max(it.st.Now.Sub(segments.Segment(r.Segment).Time()), 0)
+		l.startLag.Add(lag)
+		if log.EventsEnabled() {
+			log.Started(ctx, stats.Started{WorkID: r.WorkID, Fn: r.Fn, Label: r.Label, Attempt: r.Attempt + 1, StartLag: lag})
+		}
+		if r.Mine {
+			mine = append(mine, r.WorkID)
+			it.deliver = append(it.deliver, r)
+		} else {
+			remote = true
+		}
+	}
+	if st.Inserted < len(rows) {
+		// Some work was already running (an invariant violation): the
+		// rows claimed for us cannot be told apart from it, so give them
+		// to the claimers instead.
+		log.Error(ctx, "loop: pending starts of work that is already running were dropped", "count", len(rows)-st.Inserted)
+		if len(mine) > 0 {
+			it.final = append(it.final, l.cfg.Store.UnclaimOp(mine, it.local.WorkerID, st.StartedAt))
+			it.deliver, remote = nil, true
+		}
+	}
+	if remote {
+		it.signal(store.SignalStart)
+	}
+}
+
+// endings schedules retries and ends canceled work, in one round trip.
+func (l *Loop) endings(ctx context.Context, conn *sql.Conn, it *iteration, retries [2][]int64, toEnd []int64) error {
+	s, pool, log := l.cfg.Store, l.cfg.Pool, l.cfg.Logger
+	var ops []store.Op
+	var inserted []int64
+	var ended []store.Ended
+	if len(retries[0]) > 0 {
+		ops = append(ops, s.InsertRetriesOp(pool, retries[0], retries[1], &inserted))
+	}
+	if len(toEnd) > 0 {
+		ops = append(ops, s.FinishCanceledOp(pool, toEnd, &ended))
+	}
+	if len(ops) == 0 {
 		return nil
 	}
-	ended, err := s.FinishCanceled(ctx, tx, pool, toEnd)
-	if err != nil {
+	if err := store.Pipeline(ctx, conn, ops...); err != nil {
 		return err
+	}
+	byID := make(map[int64]store.Completion, len(it.comps.Rows))
+	for _, c := range it.comps.Rows {
+		byID[c.WorkID] = c
+	}
+	done := make(map[int64]bool, len(inserted))
+	for _, id := range inserted {
+		done[id] = true
+		it.counters.Retries++
+		it.out.Retried++
+		l.completedEvent(ctx, byID[id], stats.StatusRetrying)
+	}
+	for _, id := range retries[0] {
+		if !done[id] {
+			log.Error(ctx, "loop: retry skipped, work already has a pending start", "work_id", id)
+		}
 	}
 	for _, e := range ended {
 		it.counters.Canceled++
@@ -473,46 +612,25 @@ func (l *Loop) cancelations(ctx context.Context, tx *sql.Tx, it *iteration, from
 	return nil
 }
 
-// starts moves due pending_start rows into running, up to the free slots.
-func (l *Loop) starts(ctx context.Context, tx *sql.Tx, it *iteration, from int64) error {
-	s, pool, log := l.cfg.Store, l.cfg.Pool, l.cfg.Logger
-	capacity := it.st.MaxParallelism - it.running
-	if capacity <= 0 {
-		return nil
-	}
-	now := it.st.NowSegment
-	limit := min(capacity, l.cfg.BatchSize)
-	rows, inserted, err := s.StartWork(ctx, tx, pool, store.Range{From: from, To: now}, limit)
-	if err != nil {
-		return err
-	}
-	last := int64(0)
-	for _, r := range rows {
-		last = max(last, r.Segment)
-	}
+// recover runs the recovery pass on a recovery iteration, and otherwise
+// restarts the recovery clock while nothing runs.
+func (l *Loop) recover(ctx context.Context, conn *sql.Conn, it *iteration) error {
 	switch {
-	case len(rows) == 0:
-		it.cursors.start = max(it.cursors.start, now)
-	case len(rows) >= limit:
-		it.cursors.start = last // more may follow in that segment
-	default:
-		it.cursors.start = max(last, now)
-	}
-	if inserted < len(rows) {
-		log.Error(ctx, "loop: pending starts of work that is already running were dropped", "count", len(rows)-inserted)
-	}
-	it.running += inserted
-	it.out.Started = inserted
-	nowTime := it.st.Now
-	for _, r := range rows {
-		lag := max(nowTime.Sub(segments.Segment(r.Segment).Time()), 0)
-		l.startLag.Add(lag)
-		if log.EventsEnabled() {
-			log.Started(ctx, stats.Started{WorkID: r.WorkID, Fn: r.Fn, Label: r.Label, Attempt: r.Attempt + 1, StartLag: lag})
+	case it.recovery:
+		res, err := recovery.Run(ctx, conn, l.cfg.Store, l.cfg.Pool, l.cfg.Recovery, l.cfg.Logger)
+		if err != nil {
+			return err
 		}
-	}
-	if it.out.Started > 0 {
-		it.signal(store.SignalStart)
+		it.running -= len(res.Orphans)
+		it.out.Recovered = len(res.Recorded) + len(res.Orphans)
+		for _, r := range res.Recorded {
+			if r.OnComplete != "" {
+				it.signal(store.SignalFinish) // a final failure waits for its onComplete
+			}
+		}
+		it.lastRecovery = it.st.NowSegment
+	case it.running == 0:
+		it.lastRecovery = it.st.NowSegment
 	}
 	return nil
 }
@@ -520,18 +638,18 @@ func (l *Loop) starts(ctx context.Context, tx *sql.Tx, it *iteration, from int64
 // decide chooses between polling, scheduled and idle when the iteration
 // found nothing to do. See the package doc for why the try-lock comes first
 // and the re-check in a later statement.
-func (l *Loop) decide(ctx context.Context, tx *sql.Tx, it *iteration, lastRecovery, lastActivity int64) error {
+func (l *Loop) decide(ctx context.Context, conn *sql.Conn, it *iteration) error {
 	s, pool := l.cfg.Store, l.cfg.Pool
-	locked, err := s.TryKickLock(ctx, tx, l.keys.KickLock)
-	if err != nil {
+	var locked bool
+	var p store.Pending
+	if err := store.Pipeline(ctx, conn, s.TryKickLockOp(l.keys.KickLock, &locked)); err != nil {
 		return err
 	}
 	if !locked {
 		it.out.Next, it.out.Delay = NextPoll, 0 // a producer is in flight; the driver backs off
 		return nil
 	}
-	p, err := s.Recheck(ctx, tx, pool)
-	if err != nil {
+	if err := store.Pipeline(ctx, conn, s.RecheckOp(pool, &p)); err != nil {
 		return err
 	}
 	now := p.NowSegment
@@ -556,7 +674,7 @@ func (l *Loop) decide(ctx context.Context, tx *sql.Tx, it *iteration, lastRecove
 		it.out.Next = NextNow
 		return nil
 	}
-	if l.cfg.Cooldown > 0 && segments.Segment(now-lastActivity) < segments.Of(l.cfg.Cooldown) {
+	if l.cfg.Cooldown > 0 && segments.Segment(now-it.lastActivity) < segments.Of(l.cfg.Cooldown) {
 		it.out.Next, it.out.Delay = NextPoll, l.cfg.PollInterval
 		return nil
 	}
@@ -565,26 +683,26 @@ func (l *Loop) decide(ctx context.Context, tx *sql.Tx, it *iteration, lastRecove
 		target, ok = p.Start.Int64, true
 	}
 	if it.running > 0 {
-		next := lastRecovery + int64(l.recoveryPeriod())
+		next := it.lastRecovery + int64(l.recoveryPeriod())
 		if !ok || next < target {
 			target, ok = next, true
 		}
 	}
 	if !ok {
 		it.out.Next = NextIdle
-		return s.SetRunStatus(ctx, tx, pool, store.RunStatus{State: store.RunIdle, Generation: it.out.Generation})
+		it.final = append(it.final, s.SetRunStatusOp(pool, store.RunStatus{State: store.RunIdle, Generation: it.out.Generation}))
+		return nil
 	}
 	bounded, _ := segments.BoundSegment(segments.Segment(target), segments.Segment(now))
 	it.out.Next = NextScheduled
 	it.out.Delay = max(time.Duration(int64(bounded)-now)*segments.Duration, 0)
-	return s.SetRunStatus(ctx, tx, pool, store.RunStatus{
+	it.final = append(it.final, s.SetRunStatusOp(pool, store.RunStatus{
 		State: store.RunScheduled, Segment: int64(bounded),
 		Saturated:  it.running >= it.st.MaxParallelism,
 		Generation: it.out.Generation,
-	})
+	}))
+	return nil
 }
-
-func (l *Loop) recoveryPeriod() segments.Segment { return segments.Of(l.cfg.RecoveryPeriod) }
 
 // advance moves a cursor past the rows a phase consumed. A full batch stops
 // at its last row's segment (more may follow in that segment); otherwise
@@ -635,7 +753,6 @@ func (l *Loop) logReport(ctx context.Context, r *stats.Report) {
 	r.Running, r.Backlog, r.Future, r.Unclaimed, r.Finishing = g.Running, g.Backlog, g.Future, g.Unclaimed, g.Finishing
 	r.ComputeRates()
 	l.cfg.Logger.Report(ctx, *r)
-	l.lastReport = r
 }
 
 // Samples returns the current interval's start-lag and run-time

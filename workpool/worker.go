@@ -69,6 +69,7 @@ type running struct {
 	idle          *sync.Cond // signaled when inflight shrinks
 	stopping      bool
 	dirty         bool // unclaimed work may remain: claim when a slot frees
+	reserved      int  // slots set aside for the loop's current iteration
 	lastHeartbeat time.Time
 	pending       []store.Result // results waiting to be flushed
 	released      []int64        // attempts given back on Stop
@@ -160,6 +161,7 @@ func (p *Pool) Start(ctx context.Context) error {
 		OnSignal:            r.onSignal,
 		HealthcheckInterval: p.cfg.HealthcheckInterval,
 	})
+	p.loop.SetLocal(r)
 	var driverCtx context.Context
 	driverCtx, r.driverStop = context.WithCancel(r.bgCtx)
 	go func() {
@@ -320,7 +322,7 @@ func (r *running) claimAll() error {
 	p := r.p
 	for {
 		r.mu.Lock()
-		free := p.cfg.Workers - len(r.inflight)
+		free := p.cfg.Workers - len(r.inflight) - r.reserved
 		if r.stopping || free <= 0 {
 			r.dirty = !r.stopping
 			r.mu.Unlock()
@@ -350,6 +352,56 @@ func (r *running) claimAll() error {
 			return nil
 		}
 		r.mu.Unlock()
+	}
+}
+
+// Reserve sets free slots aside for the loop's current iteration, which
+// claims work for them in the statement that starts it (loop.LocalWorkers).
+func (r *running) Reserve(limit int) store.LocalClaim {
+	fns := r.p.funcNames()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	claim := store.LocalClaim{WorkerID: r.workerID, Fns: fns, Listeners: r.p.keys.Channel}
+	if r.stopping || len(fns) == 0 {
+		return claim
+	}
+	claim.Slots = max(0, min(limit, r.p.cfg.Workers-len(r.inflight)-r.reserved))
+	r.reserved += claim.Slots
+	claim.Heartbeat = claim.Slots > 0 && time.Since(r.lastHeartbeat) > r.p.cfg.HeartbeatInterval/2
+	return claim
+}
+
+// Deliver runs the attempts the loop claimed for this process, after its
+// commit, and frees the slots it did not fill.
+func (r *running) Deliver(claim store.LocalClaim, starts []store.Start) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.reserved -= claim.Slots
+	if claim.Heartbeat {
+		r.lastHeartbeat = time.Now()
+	}
+	for _, st := range starts {
+		if r.stopping {
+			// Stop began after the loop reserved the slot: give the work
+			// back with the other released attempts.
+			r.released = append(r.released, st.WorkID)
+			continue
+		}
+		r.begin(store.Claimed{WorkID: st.WorkID, Attempt: st.Attempt, Fn: st.Fn, Timeout: st.Timeout,
+			Args: st.Args, Label: st.Label, WorkMissing: st.Args == ""})
+	}
+	if len(starts) < claim.Slots && r.dirty && !r.stopping {
+		wake(r.claimWake)
+	}
+}
+
+// Unreserve frees the slots of an iteration that did not commit.
+func (r *running) Unreserve(claim store.LocalClaim) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.reserved -= claim.Slots
+	if claim.Slots > 0 && r.dirty && !r.stopping {
+		wake(r.claimWake)
 	}
 }
 

@@ -53,6 +53,8 @@ WITH pc AS (
 ), rn AS (
     DELETE FROM {s}.running r USING pc WHERE r.work_id = pc.work_id AND r.pool = $1
     RETURNING r.work_id, r.fn_name, r.label
+), rc AS (
+    UPDATE {s}.internal_state SET running_count = running_count - (SELECT count(*) FROM rn) WHERE pool = $1
 ), c AS (
     SELECT pc.*, NULL::text AS fn_name, NULL::text AS label, false AS marker FROM pc
     UNION ALL
@@ -115,32 +117,71 @@ SELECT id, fn_name, label, attempts, false FROM d
 UNION ALL
 SELECT id, fn_name, label, attempts, true FROM u`)
 
-	// startWork needs no work row: pending_start carries what the running
-	// row needs.
+	// startWork moves due pending_start rows into running, as many as the
+	// pool's limit allows given the running count that the statements
+	// before it in the transaction left (so it can be pipelined behind
+	// them), capped at $4. Up to $7 rows of the functions $6 (the leading
+	// process's own free slots, within its share) are claimed at once for
+	// worker $5 and returned with their arguments. It needs no work row
+	// otherwise: pending_start carries what the running row needs.
+	// running_count is kept in step.
 	register("startWork", `
-WITH ps AS (
+WITH lim AS (
+    SELECT LEAST($4::int, GREATEST(0,
+               (SELECT max_parallelism FROM {s}.config WHERE pool = $1)
+             - (SELECT running_count FROM {s}.internal_state WHERE pool = $1))) AS n
+), ps AS (
     DELETE FROM {s}.pending_start WHERE ctid = ANY(ARRAY(
         SELECT ctid FROM {s}.pending_start
-         WHERE pool = $1 AND segment >= $2 AND segment <= $3
-         ORDER BY segment LIMIT $4))
+         WHERE pool = $1 AND segment >= $2 AND segment <= LEAST($3::bigint, {now})
+         ORDER BY segment LIMIT (SELECT n FROM lim)))
     RETURNING work_id, segment, fn_name, label, attempt, timeout_ms
+), share AS (
+    -- The local worker takes at most its share of the batch, counting the
+    -- pool's started processes by their LISTEN connections, so that other
+    -- processes get work too.
+    SELECT LEAST($7::int, ceil((SELECT n FROM lim)::numeric /
+               GREATEST(1, (SELECT count(*) FROM pg_stat_activity WHERE application_name = $9)))) AS n
+), pick AS (
+    SELECT ps.*, (fn_name = ANY($6::text[])
+                  AND row_number() OVER (PARTITION BY fn_name = ANY($6::text[]) ORDER BY segment, work_id)
+                      <= (SELECT n FROM share)) AS mine
+      FROM ps
 ), ins AS (
-    INSERT INTO {s}.running (work_id, pool, fn_name, label, attempt, segment, started_at, timeout_ms)
-    SELECT work_id, $1, fn_name, label, attempt, segment, statement_timestamp(), timeout_ms FROM ps
+    INSERT INTO {s}.running (work_id, pool, fn_name, label, attempt, segment, started_at, timeout_ms,
+                             claimed_by, claimed_at, deadline)
+    SELECT work_id, $1, fn_name, label, attempt, segment, statement_timestamp(), timeout_ms,
+           CASE WHEN mine THEN $5::bigint END, CASE WHEN mine THEN statement_timestamp() END,
+           CASE WHEN mine THEN statement_timestamp() + timeout_ms * interval '1 millisecond' END
+      FROM pick
     ON CONFLICT (work_id) DO NOTHING
     RETURNING work_id
+), rc AS (
+    UPDATE {s}.internal_state SET running_count = running_count + (SELECT count(*) FROM ins) WHERE pool = $1
+    RETURNING running_count
+), hb AS (
+    UPDATE {s}.workers SET heartbeat_at = now() WHERE id = $5 AND $8 AND EXISTS (SELECT 1 FROM pick WHERE mine)
 )
-SELECT ps.work_id, ps.segment, ps.fn_name, ps.label, ps.attempt, (SELECT count(*) FROM ins) FROM ps`)
+SELECT pick.work_id, pick.segment, pick.fn_name, pick.label, pick.attempt, pick.timeout_ms, pick.mine,
+       COALESCE(w.args::text, ''), (SELECT count(*) FROM ins), (SELECT running_count FROM rc),
+       (SELECT n FROM lim), statement_timestamp()
+  FROM pick LEFT JOIN LATERAL (SELECT args FROM {s}.work WHERE id = pick.work_id AND pick.mine LIMIT 1) w ON true`)
+
+	// unclaim gives back rows startWork claimed for this process when it
+	// cannot vouch for them (see StartWork).
+	register("unclaim", `
+UPDATE {s}.running SET claimed_by = NULL, claimed_at = NULL, deadline = NULL
+ WHERE work_id = ANY($1::bigint[]) AND claimed_by = $2 AND started_at = $3`)
 
 	register("saveState", `
 WITH n AS (
-    SELECT pg_notify($15, $16) WHERE $16 <> ''
+    SELECT pg_notify($14, $15) WHERE $15 <> ''
 )
 UPDATE {s}.internal_state
    SET generation = $2, start_cursor = $3, completion_cursor = $4, cancelation_cursor = $5,
-       last_recovery = $6, last_activity = $7, running_count = $8,
-       report_completed = $9, report_succeeded = $10, report_failed = $11,
-       report_retries = $12, report_canceled = $13, report_started_at = $14
+       last_recovery = $6, last_activity = $7,
+       report_completed = $8, report_succeeded = $9, report_failed = $10,
+       report_retries = $11, report_canceled = $12, report_started_at = $13
  WHERE pool = $1
 RETURNING (SELECT count(*) FROM n)`)
 
@@ -185,6 +226,7 @@ type Counters struct {
 
 // State is the loop's view of a pool at the start of an iteration.
 type State struct {
+	Found                                            bool // the pool has a state row
 	Generation                                       int64
 	StartCursor, CompletionCursor, CancelationCursor int64
 	LastRecovery, LastActivity                       int64
@@ -199,26 +241,23 @@ type State struct {
 	MarkedRunning bool
 }
 
-// LockState locks the pool's state row for the iteration. found is false if
-// the pool has no state row.
-// statementTimeout bounds every later statement of the transaction on the
-// server, so an iteration abandoned by its client cannot hold locks on.
-func (s *Store) LockState(ctx context.Context, q Querier, pool string, generation int64, statementTimeout time.Duration) (st State, found bool, err error) {
-	var marked int64
-	var setting string
-	err = q.QueryRowContext(ctx, s.sql("lockState"), pool, generation, fmt.Sprintf("%dms", statementTimeout.Milliseconds())).Scan(
-		&st.Generation, &st.StartCursor, &st.CompletionCursor, &st.CancelationCursor, &st.LastRecovery,
-		&st.LastActivity, &st.RunningCount, &st.Counters.Completed, &st.Counters.Succeeded, &st.Counters.Failed,
-		&st.Counters.Retries, &st.Counters.Canceled, &st.Counters.Since, &st.MaxParallelism, &st.LogLevel,
-		&st.NowSegment, &st.Now, &marked, &setting)
-	if err == sql.ErrNoRows {
-		return State{}, false, nil
-	}
-	if err != nil {
-		return State{}, false, fmt.Errorf("lock state: %w", err)
-	}
-	st.MarkedRunning = marked > 0
-	return st, true, nil
+// LockStateOp locks the pool's state row for the iteration and sets a
+// server-side statement timeout for the rest of the transaction, so an
+// iteration abandoned by its client cannot hold locks on.
+func (s *Store) LockStateOp(pool string, generation int64, statementTimeout time.Duration, st *State) Op {
+	return s.op("lockState", func(r Row) error {
+		var marked int64
+		var setting string
+		st.Found = true
+		if err := r.Scan(&st.Generation, &st.StartCursor, &st.CompletionCursor, &st.CancelationCursor, &st.LastRecovery,
+			&st.LastActivity, &st.RunningCount, &st.Counters.Completed, &st.Counters.Succeeded, &st.Counters.Failed,
+			&st.Counters.Retries, &st.Counters.Canceled, &st.Counters.Since, &st.MaxParallelism, &st.LogLevel,
+			&st.NowSegment, &st.Now, &marked, &setting); err != nil {
+			return err
+		}
+		st.MarkedRunning = marked > 0
+		return nil
+	}, pool, generation, fmt.Sprintf("%dms", statementTimeout.Milliseconds()))
 }
 
 // Range is an inclusive segment range of a pending table to scan.
@@ -244,12 +283,27 @@ type Completion struct {
 	CancelPending bool
 }
 
-// TakeCompletions deletes and returns up to limit completions in r, and
-// deletes their running rows.
-func (s *Store) TakeCompletions(ctx context.Context, q Querier, pool string, r Range, limit int) ([]Completion, error) {
-	var out []Completion
-	running := map[int64]Completion{}
-	err := collect(ctx, q, s.sql("takeCompletions"), []any{pool, r.From, r.To, limit}, func(rows *sql.Rows) error {
+// Completions collects what TakeCompletionsOp read.
+type Completions struct {
+	Rows    []Completion
+	running map[int64]Completion
+}
+
+// resolve attaches the marker rows (running rows deleted) to completions.
+func (c *Completions) resolve() []Completion {
+	for i := range c.Rows {
+		if m, ok := c.running[c.Rows[i].WorkID]; ok {
+			c.Rows[i].WasRunning, c.Rows[i].Fn, c.Rows[i].Label = true, m.Fn, m.Label
+		}
+	}
+	return c.Rows
+}
+
+// TakeCompletionsOp deletes up to limit completions in r and their running
+// rows (keeping running_count in step). Call Completions.Done after it ran.
+func (s *Store) TakeCompletionsOp(pool string, r Range, limit int, out *Completions) Op {
+	out.running = map[int64]Completion{}
+	return s.op("takeCompletions", func(rows Row) error {
 		var c Completion
 		var marker bool
 		if err := rows.Scan(&c.WorkID, &c.Attempt, &c.Status, &c.Error, &c.Retry, &c.RunMs, &c.Segment,
@@ -258,39 +312,30 @@ func (s *Store) TakeCompletions(ctx context.Context, q Querier, pool string, r R
 			return err
 		}
 		if marker {
-			running[c.WorkID] = c
-			return nil
+			out.running[c.WorkID] = c
+		} else {
+			out.Rows = append(out.Rows, c)
 		}
-		out = append(out, c)
 		return nil
-	})
-	if err != nil {
-		return nil, fmt.Errorf("take completions: %w", err)
-	}
-	for i := range out {
-		if m, ok := running[out[i].WorkID]; ok {
-			out[i].WasRunning, out[i].Fn, out[i].Label = true, m.Fn, m.Label
-		}
-	}
-	return out, nil
+	}, pool, r.From, r.To, limit)
 }
 
-// InsertRetries schedules retries; it returns the ids actually inserted (a
-// work id that already has a pending_start is skipped).
-func (s *Store) InsertRetries(ctx context.Context, q Querier, pool string, ids, segments []int64) ([]int64, error) {
-	var out []int64
-	err := collect(ctx, q, s.sql("insertRetries"), []any{pool, ids, segments}, func(rows *sql.Rows) error {
-		var id int64
-		if err := rows.Scan(&id); err != nil {
-			return err
-		}
-		out = append(out, id)
-		return nil
-	})
-	if err != nil {
-		return nil, fmt.Errorf("insert retries: %w", err)
+// Done returns the completions read, with WasRunning, Fn and Label set.
+func (c *Completions) Done() []Completion { return c.resolve() }
+
+// TakeCompletions runs TakeCompletionsOp on q.
+func (s *Store) TakeCompletions(ctx context.Context, q Querier, pool string, r Range, limit int) ([]Completion, error) {
+	var out Completions
+	if err := Run(ctx, q, s.TakeCompletionsOp(pool, r, limit, &out)); err != nil {
+		return nil, err
 	}
-	return out, nil
+	return out.Done(), nil
+}
+
+// InsertRetriesOp schedules retries; *inserted receives the ids actually
+// inserted (a work id that already has a pending_start is skipped).
+func (s *Store) InsertRetriesOp(pool string, ids, segments []int64, inserted *[]int64) Op {
+	return s.op("insertRetries", scanIDs(inserted), pool, ids, segments)
 }
 
 // Cancelation is a pending_cancelation row the loop consumed.
@@ -302,22 +347,17 @@ type Cancelation struct {
 	IsRunning  bool // it holds a slot: its worker must cancel the handler
 }
 
-// TakeCancelations deletes and returns up to limit cancelations in r, marks
-// their work canceled and deletes their pending_start rows.
-func (s *Store) TakeCancelations(ctx context.Context, q Querier, pool string, r Range, limit int) ([]Cancelation, error) {
-	var out []Cancelation
-	err := collect(ctx, q, s.sql("takeCancelations"), []any{pool, r.From, r.To, limit}, func(rows *sql.Rows) error {
+// TakeCancelationsOp deletes up to limit cancelations in r, marks their work
+// canceled and deletes their pending_start rows.
+func (s *Store) TakeCancelationsOp(pool string, r Range, limit int, out *[]Cancelation) Op {
+	return s.op("takeCancelations", func(rows Row) error {
 		var c Cancelation
 		if err := rows.Scan(&c.WorkID, &c.Segment, &c.Marked, &c.WasPending, &c.IsRunning); err != nil {
 			return err
 		}
-		out = append(out, c)
+		*out = append(*out, c)
 		return nil
-	})
-	if err != nil {
-		return nil, fmt.Errorf("take cancelations: %w", err)
-	}
-	return out, nil
+	}, pool, r.From, r.To, limit)
 }
 
 // Ended is work the loop brought to its canceled terminal state.
@@ -328,21 +368,16 @@ type Ended struct {
 	Finishing bool // waits for its onComplete in a worker process
 }
 
-// FinishCanceled ends the given (not running) work as canceled.
-func (s *Store) FinishCanceled(ctx context.Context, q Querier, pool string, ids []int64) ([]Ended, error) {
-	var out []Ended
-	err := collect(ctx, q, s.sql("finishCanceled"), []any{pool, ids}, func(rows *sql.Rows) error {
+// FinishCanceledOp ends the given (not running) work as canceled.
+func (s *Store) FinishCanceledOp(pool string, ids []int64, out *[]Ended) Op {
+	return s.op("finishCanceled", func(rows Row) error {
 		var e Ended
 		if err := rows.Scan(&e.WorkID, &e.Fn, &e.Label, &e.Attempts, &e.Finishing); err != nil {
 			return err
 		}
-		out = append(out, e)
+		*out = append(*out, e)
 		return nil
-	})
-	if err != nil {
-		return nil, fmt.Errorf("finish canceled: %w", err)
-	}
-	return out, nil
+	}, pool, ids)
 }
 
 // Start is one pending_start row the start phase consumed.
@@ -351,59 +386,84 @@ type Start struct {
 	Segment   int64
 	Fn, Label string
 	Attempt   int
+	Timeout   time.Duration
+	// Mine is set for rows claimed for the local worker; Args then holds
+	// the work's arguments.
+	Mine bool
+	Args string
 }
 
-// StartWork moves up to limit due pending_start rows in r into running and
-// returns the rows it consumed and how many running rows it inserted (fewer
-// means some work was already running: an invariant violation).
-func (s *Store) StartWork(ctx context.Context, q Querier, pool string, r Range, limit int) ([]Start, int, error) {
-	var out []Start
-	inserted := 0
-	err := collect(ctx, q, s.sql("startWork"), []any{pool, r.From, r.To, limit}, func(rows *sql.Rows) error {
+// Starts collects what StartWorkOp read.
+type Starts struct {
+	Rows []Start
+	// Inserted running rows; fewer than len(Rows) means some work was
+	// already running (an invariant violation).
+	Inserted int
+	// Running is running_count after the phase; Limit the batch it allowed.
+	Running, Limit int
+	// StartedAt is the claim time of the Mine rows.
+	StartedAt time.Time
+}
+
+// LocalClaim asks StartWorkOp to claim rows for a worker of this process.
+type LocalClaim struct {
+	WorkerID int64
+	Fns      []string
+	Slots    int
+	// Heartbeat refreshes the worker's lease in the same statement.
+	Heartbeat bool
+	// Listeners is the application_name of the pool's LISTEN connections,
+	// one per started process: the local worker takes at most its share.
+	Listeners string
+}
+
+// StartWorkOp moves up to limit due pending_start rows in r into running
+// (fewer if the pool's limit says so) and claims some for the local worker.
+func (s *Store) StartWorkOp(pool string, r Range, limit int, local LocalClaim, out *Starts) Op {
+	if local.Fns == nil {
+		local.Fns = []string{}
+	}
+	return s.op("startWork", func(rows Row) error {
 		var st Start
-		if err := rows.Scan(&st.WorkID, &st.Segment, &st.Fn, &st.Label, &st.Attempt, &inserted); err != nil {
+		var timeoutMs int64
+		if err := rows.Scan(&st.WorkID, &st.Segment, &st.Fn, &st.Label, &st.Attempt, &timeoutMs, &st.Mine, &st.Args,
+			&out.Inserted, &out.Running, &out.Limit, &out.StartedAt); err != nil {
 			return err
 		}
-		out = append(out, st)
+		st.Timeout = time.Duration(timeoutMs) * time.Millisecond
+		out.Rows = append(out.Rows, st)
 		return nil
-	})
-	if err != nil {
-		return nil, 0, fmt.Errorf("start work: %w", err)
-	}
-	return out, inserted, nil
+	}, pool, r.From, r.To, limit, local.WorkerID, local.Fns, local.Slots, local.Heartbeat, local.Listeners)
 }
 
-// SavedState is what an iteration writes back to internal_state.
+// UnclaimOp gives back rows StartWorkOp claimed for workerID at startedAt.
+func (s *Store) UnclaimOp(ids []int64, workerID int64, startedAt time.Time) Op {
+	return s.op("unclaim", nil, ids, workerID, startedAt)
+}
+
+// SavedState is what an iteration writes back to internal_state
+// (running_count is kept in step by the phases themselves).
 type SavedState struct {
 	Generation                                       int64
 	StartCursor, CompletionCursor, CancelationCursor int64
 	LastRecovery, LastActivity                       int64
-	RunningCount                                     int
 	Counters                                         Counters
 }
 
-// SaveState writes the iteration's state and sends payload on channel (at
+// SaveStateOp writes the iteration's state and sends payload on channel (at
 // commit) unless payload is empty.
-func (s *Store) SaveState(ctx context.Context, q Querier, pool string, st SavedState, channel, payload string) error {
-	var sent int64
-	err := q.QueryRowContext(ctx, s.sql("saveState"), pool, st.Generation, st.StartCursor, st.CompletionCursor,
-		st.CancelationCursor, st.LastRecovery, st.LastActivity, st.RunningCount,
+func (s *Store) SaveStateOp(pool string, st SavedState, channel, payload string) Op {
+	return s.op("saveState", nil, pool, st.Generation, st.StartCursor, st.CompletionCursor,
+		st.CancelationCursor, st.LastRecovery, st.LastActivity,
 		st.Counters.Completed, st.Counters.Succeeded, st.Counters.Failed, st.Counters.Retries, st.Counters.Canceled,
-		st.Counters.Since, channel, payload).Scan(&sent)
-	if err != nil {
-		return fmt.Errorf("save state: %w", err)
-	}
-	return nil
+		st.Counters.Since, channel, payload)
 }
 
-// TryKickLock tries to take the pool's kick lock exclusively for the rest of
-// the transaction; it fails while any producer transaction holds it shared.
-func (s *Store) TryKickLock(ctx context.Context, q Querier, key int64) (bool, error) {
-	var ok bool
-	if err := q.QueryRowContext(ctx, s.sql("tryKickLock"), key).Scan(&ok); err != nil {
-		return false, fmt.Errorf("try kick lock: %w", err)
-	}
-	return ok, nil
+// TryKickLockOp tries to take the pool's kick lock exclusively for the rest
+// of the transaction; it fails while any producer transaction holds it
+// shared.
+func (s *Store) TryKickLockOp(key int64, locked *bool) Op {
+	return s.op("tryKickLock", func(r Row) error { return r.Scan(locked) }, key)
 }
 
 // Pending summarizes the pending tables of a pool: the earliest segment of
@@ -415,13 +475,11 @@ type Pending struct {
 	NowSegment  int64
 }
 
-// Recheck reads the earliest row of each pending table (see the SQL).
-func (s *Store) Recheck(ctx context.Context, q Querier, pool string) (Pending, error) {
-	var p Pending
-	if err := q.QueryRowContext(ctx, s.sql("recheck"), pool).Scan(&p.Completion, &p.Cancelation, &p.Start, &p.NowSegment); err != nil {
-		return Pending{}, fmt.Errorf("recheck: %w", err)
-	}
-	return p, nil
+// RecheckOp reads the earliest row of each pending table (see the SQL).
+func (s *Store) RecheckOp(pool string, p *Pending) Op {
+	return s.op("recheck", func(r Row) error {
+		return r.Scan(&p.Completion, &p.Cancelation, &p.Start, &p.NowSegment)
+	}, pool)
 }
 
 // RunState is a value of run_status.state.
@@ -443,17 +501,13 @@ type RunStatus struct {
 	NowSegment int64
 }
 
-// SetRunStatus writes run_status; the loop calls it only on transitions.
-func (s *Store) SetRunStatus(ctx context.Context, q Querier, pool string, rs RunStatus) error {
+// SetRunStatusOp writes run_status; the loop does it only on transitions.
+func (s *Store) SetRunStatusOp(pool string, rs RunStatus) Op {
 	var seg sql.NullInt64
 	if rs.State == RunScheduled {
 		seg = sql.NullInt64{Int64: rs.Segment, Valid: true}
 	}
-	_, err := q.ExecContext(ctx, s.sql("setRunStatus"), pool, string(rs.State), seg, rs.Saturated, rs.Generation)
-	if err != nil {
-		return fmt.Errorf("set run status: %w", err)
-	}
-	return nil
+	return s.op("setRunStatus", nil, pool, string(rs.State), seg, rs.Saturated, rs.Generation)
 }
 
 // ReadRunStatus reads the pool's run_status row.
@@ -501,4 +555,16 @@ func (s *Store) ReadCounters(ctx context.Context, q Querier, pool string) (Count
 		return Counters{}, fmt.Errorf("read counters: %w", err)
 	}
 	return c, nil
+}
+
+// scanIDs appends each row's single bigint to out.
+func scanIDs(out *[]int64) func(Row) error {
+	return func(r Row) error {
+		var id int64
+		if err := r.Scan(&id); err != nil {
+			return err
+		}
+		*out = append(*out, id)
+		return nil
+	}
 }

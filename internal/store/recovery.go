@@ -32,12 +32,17 @@ SELECT r.work_id, r.attempt,
 	// work is gone, finished, or already past this attempt, and no result
 	// for it is queued.
 	register("deleteOrphans", `
-DELETE FROM {s}.running r
- WHERE r.pool = $1
-   AND NOT EXISTS (SELECT 1 FROM {s}.work w
-                    WHERE w.id = r.work_id AND w.attempts = r.attempt AND w.result IS NULL)
-   AND NOT EXISTS (SELECT 1 FROM {s}.pending_completion pc WHERE pc.work_id = r.work_id)
-RETURNING r.work_id`)
+WITH o AS (
+    DELETE FROM {s}.running r
+     WHERE r.pool = $1
+       AND NOT EXISTS (SELECT 1 FROM {s}.work w
+                        WHERE w.id = r.work_id AND w.attempts = r.attempt AND w.result IS NULL)
+       AND NOT EXISTS (SELECT 1 FROM {s}.pending_completion pc WHERE pc.work_id = r.work_id)
+    RETURNING r.work_id
+), rc AS (
+    UPDATE {s}.internal_state SET running_count = running_count - (SELECT count(*) FROM o) WHERE pool = $1
+)
+SELECT work_id FROM o`)
 }
 
 // Lost is an attempt recovery will complete as failed.

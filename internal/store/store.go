@@ -12,10 +12,12 @@ import (
 	"context"
 	"database/sql"
 	"encoding/hex"
+	"fmt"
 	"hash/fnv"
 	"strings"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/stdlib"
 )
 
 // Querier is what every statement runs on: *sql.DB, *sql.Tx and *sql.Conn
@@ -122,6 +124,90 @@ const (
 	SignalFinish = 'f' // some work waits for its onComplete
 	SignalConfig = 'g' // max_parallelism or log_level changed
 )
+
+// Operations ------------------------------------------------------------
+
+// Row is what a statement's reader scans: both *sql.Rows and pgx.Rows.
+type Row interface {
+	Scan(dest ...any) error
+}
+
+// Op is one statement, its arguments and the code that reads its rows, so
+// that the same statement runs either through database/sql (one round trip
+// each, inside a caller's transaction) or queued in a pipeline.
+type Op struct {
+	name string
+	sql  string
+	args []any
+	scan func(Row) error // nil: rows are discarded
+}
+
+// Raw returns an Op for literal SQL, such as "begin" or "commit".
+func Raw(sql string) Op { return Op{name: sql, sql: sql} }
+
+func (s *Store) op(name string, scan func(Row) error, args ...any) Op {
+	return Op{name: name, sql: s.sql(name), args: args, scan: scan}
+}
+
+// Run executes ops one by one on q.
+func Run(ctx context.Context, q Querier, ops ...Op) error {
+	for _, op := range ops {
+		if err := collect(ctx, q, op.sql, op.args, func(r *sql.Rows) error {
+			if op.scan == nil {
+				return nil
+			}
+			return op.scan(r)
+		}); err != nil {
+			return fmt.Errorf("%s: %w", op.name, err)
+		}
+	}
+	return nil
+}
+
+// Pipeline executes ops in order on the pgx connection behind conn, in one
+// round trip. Without a "begin" among them they run in one implicit
+// transaction; after a "begin" (in this or an earlier pipeline on the same
+// connection) they run in that transaction. It returns the first error; the
+// statements after a failed one fail too, and the caller rolls back.
+func Pipeline(ctx context.Context, conn *sql.Conn, ops ...Op) error {
+	return conn.Raw(func(dc any) error {
+		sc, ok := dc.(*stdlib.Conn)
+		if !ok {
+			return fmt.Errorf("pipeline: driver connection is %T, want pgx stdlib", dc)
+		}
+		var b pgx.Batch
+		for _, op := range ops {
+			b.Queue(op.sql, op.args...)
+		}
+		br := sc.Conn().SendBatch(ctx, &b)
+		var first error
+		for _, op := range ops {
+			if err := readBatch(br, op); err != nil && first == nil {
+				first = fmt.Errorf("%s: %w", op.name, err)
+			}
+		}
+		if err := br.Close(); err != nil && first == nil {
+			first = err
+		}
+		return first
+	})
+}
+
+func readBatch(br pgx.BatchResults, op Op) error {
+	rows, err := br.Query()
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		if op.scan != nil {
+			if err := op.scan(rows); err != nil {
+				return err
+			}
+		}
+	}
+	return rows.Err()
+}
 
 // Scan helpers ---------------------------------------------------------------
 
