@@ -26,7 +26,10 @@
 // nobody awake. Producers therefore take pg_advisory_xact_lock_shared on the
 // pool's kick key in the statement that inserts their row, and read
 // run_status in a later statement (a fresh snapshot, taken after the lock was
-// granted). The loop moves to idle or scheduled only after
+// granted), sending a NOTIFY if it says idle or scheduled too late. They
+// never write run_status, so a long caller transaction holds no row lock;
+// the loop marks itself running when it wakes. The loop moves to idle or
+// scheduled only after
 // pg_try_advisory_xact_lock on the same key succeeded, and re-reads the
 // pending tables in a statement after that. Either the producer's shared
 // lock was granted first, so the loop's try fails and it stays running and
@@ -39,6 +42,8 @@
 //
 // # Deviations from the Convex loop
 //
+//   - Producers never write run_status (see above); the loop marks itself
+//     running when a kick or its timer wakes it.
 //   - Batches are sized for throughput (BatchSizeDefault rows per phase), and
 //     a pool paused at MaxParallelism 0 still drains its completions.
 //   - The loop never runs user code. Work that ends in the loop (canceled

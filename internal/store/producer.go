@@ -43,23 +43,20 @@ WITH a AS (
 SELECT a.id, seg.segment FROM a, seg, lk ORDER BY a.ord`)
 
 	// The kick: wake the loop if it is idle, or scheduled later than the new
-	// row is due. It must run in a statement after the one that inserted the
-	// row and took the shared lock, so that its snapshot is taken after the
-	// lock was granted. In REPEATABLE READ or SERIALIZABLE the snapshot is
-	// older than the lock, so there it skips run_status and always notifies:
-	// the driver runs an iteration on every kick it receives.
+	// row is due, by a NOTIFY delivered at commit. It only reads run_status:
+	// writing it (as Convex's kick does) would hold the row locked until the
+	// caller's transaction ends and block every other producer and the loop
+	// meanwhile; the loop marks itself running when it wakes. It must run in
+	// a statement after the one that inserted the row and took the shared
+	// lock, so that its snapshot is taken after the lock was granted. In
+	// REPEATABLE READ or SERIALIZABLE the snapshot is older than the lock,
+	// so there it always notifies.
 	register("kick", `
-WITH u AS (
-    UPDATE {s}.run_status
-       SET state = 'running', segment = NULL, saturated = false, updated_at = now()
-     WHERE pool = $1
-       AND current_setting('transaction_isolation') = 'read committed'
-       AND (state = 'idle' OR (state = 'scheduled' AND segment > GREATEST($2::bigint, {now}) AND NOT ($3 AND saturated)))
-    RETURNING 1
-)
-SELECT pg_notify($4, 'k') FROM u
-UNION ALL
-SELECT pg_notify($4, 'k') WHERE current_setting('transaction_isolation') <> 'read committed'`)
+SELECT pg_notify($4, 'k') FROM {s}.run_status
+ WHERE pool = $1
+   AND (current_setting('transaction_isolation') <> 'read committed'
+        OR state = 'idle'
+        OR (state = 'scheduled' AND segment > GREATEST($2::bigint, {now}) AND NOT ($3 AND saturated)))`)
 
 	register("insertCancelations", `
 WITH c AS (
