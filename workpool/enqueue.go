@@ -2,7 +2,6 @@ package workpool
 
 import (
 	"context"
-	"database/sql"
 	"encoding/json"
 	"fmt"
 	"reflect"
@@ -302,8 +301,9 @@ func asList(args any) ([]any, error) {
 	return out, nil
 }
 
-// enqueueOwnTx runs an enqueue in a transaction of its own and, after the
-// commit, kicks this process's driver directly if it leads.
+// enqueueOwnTx runs an enqueue as one pipelined implicit transaction (one
+// round trip: the inserts, then the kick) and, after the commit, kicks this
+// process's driver directly if it leads.
 func (p *Pool) enqueueOwnTx(ctx context.Context, fn Handle, args []any, opts []Option) ([]WorkID, error) {
 	pr, err := p.prepare(ctx, fn, args, opts)
 	if err != nil {
@@ -315,20 +315,50 @@ func (p *Pool) enqueueOwnTx(ctx context.Context, fn Handle, args []any, opts []O
 	if err := p.ensure(ctx); err != nil {
 		return nil, err
 	}
-	var ids []WorkID
-	var kicked bool
-	err = p.inTx(ctx, func(tx *sql.Tx) error {
-		var err error
-		ids, kicked, err = p.insert(ctx, tx, pr)
-		return err
-	})
+	conn, err := p.sqlDB.Conn(ctx)
 	if err != nil {
-		return nil, err
+		return nil, p.wrapDBError("enqueue", err)
 	}
+	defer conn.Close()
+	w := pr.work
+	ops := []store.Op{store.GenericPlans()}
+	var chunks []*store.Inserted
+	for start := 0; start < len(w.Args); start += batchChunk {
+		end := min(start+batchChunk, len(w.Args))
+		chunk := w
+		chunk.Labels, chunk.Args, chunk.Contexts = w.Labels[start:end], w.Args[start:end], w.Contexts[start:end]
+		out := &store.Inserted{}
+		chunks = append(chunks, out)
+		ops = append(ops, p.store.InsertWorkOp(chunk, p.keys.KickLock, out))
+	}
+	var kicked bool
+	ops = append(ops, p.store.KickOp(p.cfg.Name, p.keys, store.KickSource{Due: dueHint(w), StartsOnly: true}, &kicked))
+	if err := store.Pipeline(ctx, conn, ops...); err != nil {
+		return nil, p.wrapDBError("enqueue", err)
+	}
+	ids := make([]WorkID, 0, len(w.Args))
+	for _, c := range chunks {
+		for _, id := range c.IDs {
+			ids = append(ids, WorkID(id))
+		}
+	}
+	p.enqueuedEvents(ctx, w, ids, chunks[0].Segment)
 	if kicked {
 		p.kickLocal()
 	}
 	return ids, nil
+}
+
+// dueHint estimates, on this process's clock, the segment from which
+// delayed work is due, for a kick that must be sent before the database has
+// computed it. It errs a second early: an early kick costs one wake-up, a
+// late one would delay the work.
+func dueHint(w store.NewWork) int64 {
+	if w.RunAtSegment == 0 && w.DelayMs == 0 {
+		return 0
+	}
+	due := max(int64(segments.FromTime(time.Now().Add(time.Duration(w.DelayMs)*time.Millisecond))), w.RunAtSegment)
+	return max(due-int64(segments.Second), 0)
 }
 
 // insert writes prepared work in chunks, kicks the loop once, and logs the
@@ -354,13 +384,18 @@ func (p *Pool) insert(ctx context.Context, q store.Querier, pr *prepared) ([]Wor
 	if err != nil {
 		return nil, false, p.wrapDBError("enqueue", err)
 	}
-	if p.log.EventsEnabled() {
-		runAt := segments.Segment(segment).Time()
-		for i, id := range out {
-			p.log.Enqueued(ctx, stats.Enqueued{WorkID: int64(id), Fn: w.Fn, Label: w.Labels[i], RunAt: runAt})
-		}
-	}
+	p.enqueuedEvents(ctx, w, out, segment)
 	return out, kicked, nil
+}
+
+func (p *Pool) enqueuedEvents(ctx context.Context, w store.NewWork, ids []WorkID, segment int64) {
+	if !p.log.EventsEnabled() {
+		return
+	}
+	runAt := segments.Segment(segment).Time()
+	for i, id := range ids {
+		p.log.Enqueued(ctx, stats.Enqueued{WorkID: int64(id), Fn: w.Fn, Label: w.Labels[i], RunAt: runAt})
+	}
 }
 
 // querierOf unwraps a bun handle to its database/sql value so our

@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/uptrace/bun"
+
+	"github.com/pgworkpool/pgworkpool/internal/store"
 )
 
 // errOnCompleteFailed makes a completion transaction roll back and redo its
@@ -143,6 +145,9 @@ func (r *running) finishOnce(names []string) (int, error) {
 	p := r.p
 	n := 0
 	err := p.db.RunInTx(r.bgCtx, nil, func(ctx context.Context, tx bun.Tx) error {
+		if err := store.Run(ctx, tx.Tx, store.GenericPlans()); err != nil {
+			return err
+		}
 		rows, err := p.store.ClaimFinishing(ctx, tx.Tx, p.cfg.Name, names, finishBatch)
 		if err != nil {
 			return err

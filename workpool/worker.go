@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"runtime/debug"
+	"slices"
 	"sync"
 	"time"
 
@@ -335,7 +336,7 @@ func (r *running) claimAll() error {
 			return nil
 		}
 		limit := min(free, p.cfg.ClaimBatch)
-		claimed, err := p.store.Claim(r.bgCtx, p.sqlDB, p.cfg.Name, fns, limit, r.workerID, beat)
+		claimed, err := r.claim(fns, limit, beat)
 		if err != nil {
 			return err
 		}
@@ -388,7 +389,7 @@ func (r *running) Deliver(claim store.LocalClaim, starts []store.Start) {
 			continue
 		}
 		r.begin(store.Claimed{WorkID: st.WorkID, Attempt: st.Attempt, Fn: st.Fn, Timeout: st.Timeout,
-			Args: st.Args, Label: st.Label, WorkMissing: st.Args == ""})
+			Args: st.Args, Label: st.Label, WorkMissing: st.Args == "", HasOnComplete: st.HasOnComplete})
 	}
 	if len(starts) < claim.Slots && r.dirty && !r.stopping {
 		wake(r.claimWake)
@@ -405,6 +406,19 @@ func (r *running) Unreserve(claim store.LocalClaim) {
 	}
 }
 
+// claim runs the claim statement with generic plans, in one round trip.
+func (r *running) claim(fns []string, limit int, beat bool) ([]store.Claimed, error) {
+	p := r.p
+	conn, err := p.sqlDB.Conn(r.bgCtx)
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close()
+	var claimed []store.Claimed
+	err = store.Pipeline(r.bgCtx, conn, store.GenericPlans(), p.store.ClaimOp(p.cfg.Name, fns, limit, r.workerID, beat, &claimed))
+	return claimed, err
+}
+
 // begin starts one claimed attempt; r.mu is held.
 func (r *running) begin(c store.Claimed) {
 	ctx, cancel := context.WithCancelCause(r.handlerBase)
@@ -417,7 +431,7 @@ func (r *running) begin(c store.Claimed) {
 func (r *running) execute(ctx context.Context, a *attempt, c store.Claimed) {
 	defer a.cancel(nil)
 	p := r.p
-	res := store.Result{WorkID: c.WorkID, Attempt: c.Attempt}
+	res := store.Result{WorkID: c.WorkID, Attempt: c.Attempt, OnComplete: c.HasOnComplete}
 	switch fn := p.lookupFunc(c.Fn); {
 	case c.WorkMissing:
 		p.log.Error(ctx, "worker: claimed work has no work row", "work_id", c.WorkID)
@@ -658,11 +672,39 @@ func (r *running) flushWithRetry(batch []store.Result) {
 // has the handler. If a handler fails the transaction is redone with a
 // savepoint around each handler, so one failure delays only its own item.
 func (r *running) flush(ctx context.Context, batch []store.Result) error {
+	if !slices.ContainsFunc(batch, func(res store.Result) bool { return res.OnComplete }) {
+		return r.flushPipelined(ctx, batch)
+	}
 	err := r.flushOnce(ctx, batch, false)
 	if errors.Is(err, errOnCompleteFailed) {
 		err = r.flushOnce(ctx, batch, true)
 	}
 	return err
+}
+
+// flushPipelined records a batch that runs no onComplete in one round trip:
+// the results and the kick as one implicit transaction.
+func (r *running) flushPipelined(ctx context.Context, batch []store.Result) error {
+	p := r.p
+	conn, err := p.sqlDB.Conn(ctx)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	var recs []store.Recorded
+	var kicked bool
+	if err := store.Pipeline(ctx, conn, store.GenericPlans(),
+		p.store.RecordResultsOp(p.cfg.Name, batch, p.keys.KickLock, &recs),
+		p.store.KickOp(p.cfg.Name, p.keys, store.KickSource{}, &kicked)); err != nil {
+		return err
+	}
+	if len(recs) < len(batch) {
+		r.logStale(ctx, batch, recs)
+	}
+	if kicked {
+		r.driver.Kick()
+	}
+	return nil
 }
 
 func (r *running) flushOnce(ctx context.Context, batch []store.Result, careful bool) error {
@@ -673,6 +715,9 @@ func (r *running) flushOnce(ctx context.Context, batch []store.Result, careful b
 	}
 	var kicked bool
 	err := p.db.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
+		if err := store.Run(ctx, tx.Tx, store.GenericPlans()); err != nil {
+			return err
+		}
 		recs, err := p.store.RecordResults(ctx, tx.Tx, p.cfg.Name, batch, p.keys.KickLock)
 		if err != nil {
 			return err

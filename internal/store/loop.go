@@ -32,7 +32,7 @@ SELECT st.generation, st.start_cursor, st.completion_cursor, st.cancelation_curs
        st.last_activity, st.running_count, st.report_completed, st.report_succeeded, st.report_failed,
        st.report_retries, st.report_canceled, st.report_started_at, st.max_parallelism, st.log_level,
        {now}, statement_timestamp(), (SELECT count(*) FROM rs),
-       set_config('statement_timeout', $3, true)
+       set_config('statement_timeout', $3, true) || set_config('plan_cache_mode', 'force_generic_plan', true)
   FROM st`)
 
 	// No statement here joins two CTEs: the planner estimates a
@@ -163,9 +163,9 @@ WITH lim AS (
     UPDATE {s}.workers SET heartbeat_at = now() WHERE id = $5 AND $8 AND EXISTS (SELECT 1 FROM pick WHERE mine)
 )
 SELECT pick.work_id, pick.segment, pick.fn_name, pick.label, pick.attempt, pick.timeout_ms, pick.mine,
-       COALESCE(w.args::text, ''), (SELECT count(*) FROM ins), (SELECT running_count FROM rc),
-       (SELECT n FROM lim), statement_timestamp()
-  FROM pick LEFT JOIN LATERAL (SELECT args FROM {s}.work WHERE id = pick.work_id AND pick.mine LIMIT 1) w ON true`)
+       COALESCE(w.args::text, ''), COALESCE(w.on_complete IS NOT NULL, false),
+       (SELECT count(*) FROM ins), (SELECT running_count FROM rc), (SELECT n FROM lim), statement_timestamp()
+  FROM pick LEFT JOIN LATERAL (SELECT args, on_complete FROM {s}.work WHERE id = pick.work_id AND pick.mine LIMIT 1) w ON true`)
 
 	// unclaim gives back rows startWork claimed for this process when it
 	// cannot vouch for them (see StartWork).
@@ -241,9 +241,10 @@ type State struct {
 	MarkedRunning bool
 }
 
-// LockStateOp locks the pool's state row for the iteration and sets a
+// LockStateOp locks the pool's state row for the iteration, sets a
 // server-side statement timeout for the rest of the transaction, so an
-// iteration abandoned by its client cannot hold locks on.
+// iteration abandoned by its client cannot hold locks on, and makes the
+// transaction use generic plans (see GenericPlans).
 func (s *Store) LockStateOp(pool string, generation int64, statementTimeout time.Duration, st *State) Op {
 	return s.op("lockState", func(r Row) error {
 		var marked int64
@@ -389,8 +390,9 @@ type Start struct {
 	Timeout   time.Duration
 	// Mine is set for rows claimed for the local worker; Args then holds
 	// the work's arguments.
-	Mine bool
-	Args string
+	Mine          bool
+	Args          string
+	HasOnComplete bool
 }
 
 // Starts collects what StartWorkOp read.
@@ -427,7 +429,7 @@ func (s *Store) StartWorkOp(pool string, r Range, limit int, local LocalClaim, o
 		var st Start
 		var timeoutMs int64
 		if err := rows.Scan(&st.WorkID, &st.Segment, &st.Fn, &st.Label, &st.Attempt, &timeoutMs, &st.Mine, &st.Args,
-			&out.Inserted, &out.Running, &out.Limit, &out.StartedAt); err != nil {
+			&st.HasOnComplete, &out.Inserted, &out.Running, &out.Limit, &out.StartedAt); err != nil {
 			return err
 		}
 		st.Timeout = time.Duration(timeoutMs) * time.Millisecond

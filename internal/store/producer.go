@@ -129,32 +129,39 @@ type NewWork struct {
 	Contexts     []string // JSON texts, "" for none
 }
 
-// InsertWork inserts work rows and their pending_start rows and takes the
-// pool's shared kick lock. It returns the ids in input order and the segment
-// the items become due.
-func (s *Store) InsertWork(ctx context.Context, q Querier, w NewWork, kickLock int64) ([]int64, int64, error) {
-	ids := make([]int64, 0, len(w.Args))
-	var segment int64
+// Inserted receives what InsertWorkOp returned.
+type Inserted struct {
+	IDs     []int64 // in input order
+	Segment int64   // the segment the items become due
+}
+
+// InsertWorkOp inserts work rows and their pending_start rows and takes the
+// pool's shared kick lock.
+func (s *Store) InsertWorkOp(w NewWork, kickLock int64, out *Inserted) Op {
 	var onComplete sql.NullString
 	if w.OnComplete != "" {
 		onComplete = sql.NullString{String: w.OnComplete, Valid: true}
 	}
-	err := collect(ctx, q, s.sql("insertWork"), []any{
-		w.Labels, w.Args, w.Contexts, w.RunAtSegment, w.DelayMs,
-		w.Pool, w.Fn, w.MaxAttempts, w.InitialBackoffMs, w.BackoffBase, w.TimeoutMs, onComplete,
-		kickLock,
-	}, func(r *sql.Rows) error {
+	return s.op("insertWork", func(r Row) error {
 		var id int64
-		if err := r.Scan(&id, &segment); err != nil {
+		if err := r.Scan(&id, &out.Segment); err != nil {
 			return err
 		}
-		ids = append(ids, id)
+		out.IDs = append(out.IDs, id)
 		return nil
-	})
-	if err != nil {
-		return nil, 0, fmt.Errorf("insert work: %w", err)
+	}, w.Labels, w.Args, w.Contexts, w.RunAtSegment, w.DelayMs,
+		w.Pool, w.Fn, w.MaxAttempts, w.InitialBackoffMs, w.BackoffBase, w.TimeoutMs, onComplete,
+		kickLock)
+}
+
+// InsertWork runs InsertWorkOp on q and returns the ids in input order and
+// the segment the items become due.
+func (s *Store) InsertWork(ctx context.Context, q Querier, w NewWork, kickLock int64) ([]int64, int64, error) {
+	var out Inserted
+	if err := Run(ctx, q, s.InsertWorkOp(w, kickLock, &out)); err != nil {
+		return nil, 0, err
 	}
-	return ids, segment, nil
+	return out.IDs, out.Segment, nil
 }
 
 // KickSource says what a producer added, which decides whether a scheduled
@@ -167,14 +174,18 @@ type KickSource struct {
 	StartsOnly bool
 }
 
-// Kick wakes the loop if the producer's new row needs it and reports whether
-// it sent a notification. Call it after the statement that inserted the row.
+// KickOp wakes the loop if the producer's new row needs it, setting
+// *kicked when it sent a notification. It must follow the statement that
+// inserted the row.
+func (s *Store) KickOp(pool string, keys Keys, src KickSource, kicked *bool) Op {
+	return s.op("kick", func(Row) error { *kicked = true; return nil }, pool, src.Due, src.StartsOnly, keys.Channel)
+}
+
+// Kick runs KickOp on q and reports whether it sent a notification.
 func (s *Store) Kick(ctx context.Context, q Querier, pool string, keys Keys, src KickSource) (bool, error) {
 	kicked := false
-	err := collect(ctx, q, s.sql("kick"), []any{pool, src.Due, src.StartsOnly, keys.Channel},
-		func(*sql.Rows) error { kicked = true; return nil })
-	if err != nil {
-		return false, fmt.Errorf("kick: %w", err)
+	if err := Run(ctx, q, s.KickOp(pool, keys, src, &kicked)); err != nil {
+		return false, err
 	}
 	return kicked, nil
 }

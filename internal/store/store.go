@@ -145,6 +145,16 @@ type Op struct {
 // Raw returns an Op for literal SQL, such as "begin" or "commit".
 func Raw(sql string) Op { return Op{name: sql, sql: sql} }
 
+// GenericPlans makes the rest of the current transaction use generic plans
+// for prepared statements. Our statements take arrays, for which Postgres
+// would otherwise plan every execution afresh (planning cost several times
+// the execution); they are written to plan well without the values (index
+// lookups through LATERAL ... LIMIT 1, deletes by ctid). Only for our own
+// transactions: in a caller's it would change the caller's plans too.
+func GenericPlans() Op {
+	return Op{name: "generic plans", sql: "SELECT set_config('plan_cache_mode', 'force_generic_plan', true)"}
+}
+
 func (s *Store) op(name string, scan func(Row) error, args ...any) Op {
 	return Op{name: name, sql: s.sql(name), args: args, scan: scan}
 }

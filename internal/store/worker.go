@@ -35,8 +35,8 @@ WITH hb AS (
     RETURNING r.work_id, r.attempt, r.fn_name, r.timeout_ms
 )
 SELECT u.work_id, u.attempt, u.fn_name, u.timeout_ms, COALESCE(w.args::text, ''), COALESCE(w.label, ''),
-       COALESCE(w.canceled, false), w.args IS NOT NULL
-  FROM u LEFT JOIN LATERAL (SELECT args, label, canceled FROM {s}.work WHERE id = u.work_id LIMIT 1) w ON true`)
+       COALESCE(w.canceled, false), w.args IS NOT NULL, COALESCE(w.on_complete IS NOT NULL, false)
+  FROM u LEFT JOIN LATERAL (SELECT args, label, canceled, on_complete FROM {s}.work WHERE id = u.work_id LIMIT 1) w ON true`)
 
 	// recordResults fences each result on work.attempts, decides retry or
 	// terminal, deletes terminal work that has no onComplete, marks terminal
@@ -155,26 +155,33 @@ type Claimed struct {
 	Label       string
 	Canceled    bool // canceled before the worker claimed it
 	WorkMissing bool // the work row is gone (a bug elsewhere); report and skip
+	// HasOnComplete tells the worker whether recording this attempt's end
+	// may have to run an onComplete in the same transaction.
+	HasOnComplete bool
 }
 
-// Claim takes up to limit unclaimed running rows of the given functions for
-// workerID, refreshing its heartbeat first when refreshHeartbeat is set.
-func (s *Store) Claim(ctx context.Context, q Querier, pool string, fns []string, limit int, workerID int64, refreshHeartbeat bool) ([]Claimed, error) {
-	var out []Claimed
-	err := collect(ctx, q, s.sql("claim"), []any{pool, fns, limit, workerID, refreshHeartbeat}, func(r *sql.Rows) error {
+// ClaimOp takes up to limit unclaimed running rows of the given functions
+// for workerID, refreshing its heartbeat first when refreshHeartbeat is set.
+func (s *Store) ClaimOp(pool string, fns []string, limit int, workerID int64, refreshHeartbeat bool, out *[]Claimed) Op {
+	return s.op("claim", func(r Row) error {
 		var c Claimed
 		var timeoutMs int64
 		var exists bool
-		if err := r.Scan(&c.WorkID, &c.Attempt, &c.Fn, &timeoutMs, &c.Args, &c.Label, &c.Canceled, &exists); err != nil {
+		if err := r.Scan(&c.WorkID, &c.Attempt, &c.Fn, &timeoutMs, &c.Args, &c.Label, &c.Canceled, &exists, &c.HasOnComplete); err != nil {
 			return err
 		}
 		c.Timeout = time.Duration(timeoutMs) * time.Millisecond
 		c.WorkMissing = !exists
-		out = append(out, c)
+		*out = append(*out, c)
 		return nil
-	})
-	if err != nil {
-		return nil, fmt.Errorf("claim: %w", err)
+	}, pool, fns, limit, workerID, refreshHeartbeat)
+}
+
+// Claim runs ClaimOp on q.
+func (s *Store) Claim(ctx context.Context, q Querier, pool string, fns []string, limit int, workerID int64, refreshHeartbeat bool) ([]Claimed, error) {
+	var out []Claimed
+	if err := Run(ctx, q, s.ClaimOp(pool, fns, limit, workerID, refreshHeartbeat, &out)); err != nil {
+		return nil, err
 	}
 	return out, nil
 }
@@ -188,6 +195,9 @@ type Result struct {
 	NonRetryable bool
 	Value        string // JSON text of a success value, "" for none
 	RunMs        int64
+	// OnComplete says the work has an onComplete; it is not written, it
+	// tells a worker whether recording may need a transaction of its own.
+	OnComplete bool
 }
 
 // Recorded is a result that passed the attempt fence.
@@ -202,10 +212,10 @@ type Recorded struct {
 	Context    string
 }
 
-// RecordResults applies attempt results in one statement (see the SQL for
+// RecordResultsOp applies attempt results in one statement (see the SQL for
 // the rules) and takes the shared kick lock. Results for stale attempts are
-// absent from the returned slice. Each work id must appear at most once.
-func (s *Store) RecordResults(ctx context.Context, q Querier, pool string, results []Result, kickLock int64) ([]Recorded, error) {
+// absent from *out. Each work id must appear at most once.
+func (s *Store) RecordResultsOp(pool string, results []Result, kickLock int64, out *[]Recorded) Op {
 	n := len(results)
 	ids, attempts, statuses := make([]int64, n), make([]int32, n), make([]string, n)
 	errs, nonRetry, values, runMs := make([]string, n), make([]bool, n), make([]string, n), make([]int64, n)
@@ -213,19 +223,21 @@ func (s *Store) RecordResults(ctx context.Context, q Querier, pool string, resul
 		ids[i], attempts[i], statuses[i] = r.WorkID, int32(r.Attempt), r.Status
 		errs[i], nonRetry[i], values[i], runMs[i] = r.Error, r.NonRetryable, r.Value, r.RunMs
 	}
+	return s.op("recordResults", func(r Row) error {
+		var rec Recorded
+		if err := r.Scan(&rec.WorkID, &rec.Attempts, &rec.Status, &rec.Retry, &rec.OnComplete, &rec.Context); err != nil {
+			return err
+		}
+		*out = append(*out, rec)
+		return nil
+	}, pool, ids, attempts, statuses, errs, nonRetry, values, runMs, kickLock)
+}
+
+// RecordResults runs RecordResultsOp on q.
+func (s *Store) RecordResults(ctx context.Context, q Querier, pool string, results []Result, kickLock int64) ([]Recorded, error) {
 	var out []Recorded
-	err := collect(ctx, q, s.sql("recordResults"),
-		[]any{pool, ids, attempts, statuses, errs, nonRetry, values, runMs, kickLock},
-		func(r *sql.Rows) error {
-			var rec Recorded
-			if err := r.Scan(&rec.WorkID, &rec.Attempts, &rec.Status, &rec.Retry, &rec.OnComplete, &rec.Context); err != nil {
-				return err
-			}
-			out = append(out, rec)
-			return nil
-		})
-	if err != nil {
-		return nil, fmt.Errorf("record results: %w", err)
+	if err := Run(ctx, q, s.RecordResultsOp(pool, results, kickLock, &out)); err != nil {
+		return nil, err
 	}
 	return out, nil
 }
