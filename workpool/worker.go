@@ -8,6 +8,7 @@ import (
 	"runtime/debug"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/uptrace/bun"
@@ -58,6 +59,9 @@ type running struct {
 	bgCancel context.CancelFunc
 
 	claimWake, cancelWake, finishWake, configWake, flushWake chan struct{}
+	// jobs feeds the long-lived handler goroutines (Workers of them): a
+	// goroutine keeps its grown stack from one attempt to the next.
+	jobs chan *attempt
 	stopClaims                                               chan struct{} // closed: claimer, finisher, canceler, config refresher stop
 	stopFlush                                                chan struct{} // closed: flusher drains and stops
 	stopBeat                                                 chan struct{} // closed: heartbeat stops
@@ -87,10 +91,22 @@ type attemptKey struct {
 
 // attempt is one handler run in this process.
 type attempt struct {
-	key       attemptKey
-	cancel    context.CancelCauseFunc
-	abandoned bool // Stop gave up on it; its result is dropped
+	key      attemptKey
+	ctx      context.Context
+	cancel   context.CancelCauseFunc
+	claim    store.Claimed
+	released bool // Stop gave it back; its result is dropped (under r.mu)
+	// state settles who reports the attempt: the handler returning, or the
+	// watchdog giving up on a handler that ignores its deadline.
+	state atomic.Int32
 }
+
+// States of an attempt.
+const (
+	attemptRunning int32 = iota
+	attemptReturned
+	attemptAbandoned
+)
 
 func wake(ch chan struct{}) {
 	select {
@@ -150,6 +166,7 @@ func (p *Pool) Start(ctx context.Context) error {
 		beatDone:   make(chan struct{}),
 		driverDone: make(chan struct{}),
 		inflight:   map[attemptKey]*attempt{},
+		jobs:       make(chan *attempt, p.cfg.Workers),
 	}
 	r.idle = sync.NewCond(&r.mu)
 	r.lastHeartbeat = time.Now()
@@ -169,6 +186,9 @@ func (p *Pool) Start(ctx context.Context) error {
 		defer close(r.driverDone)
 		r.driver.Run(driverCtx)
 	}()
+	for range p.cfg.Workers {
+		go r.handlerLoop()
+	}
 	r.claimersWG.Add(4)
 	go r.claimLoop()
 	go r.cancelLoop()
@@ -216,7 +236,7 @@ func (r *running) stop(ctx context.Context) error {
 		cancel()
 		r.mu.Lock()
 		for key, a := range r.inflight {
-			a.abandoned = true
+			a.released = true
 			r.released = append(r.released, key.workID)
 			delete(r.inflight, key)
 		}
@@ -251,6 +271,7 @@ func (r *running) stop(ctx context.Context) error {
 	}
 	r.handlerCancel(errStopping)
 	r.bgCancel()
+	close(r.jobs) // claims and deliveries stopped long ago
 	return err
 }
 
@@ -419,29 +440,50 @@ func (r *running) claim(fns []string, limit int, beat bool) ([]store.Claimed, er
 	return claimed, err
 }
 
-// begin starts one claimed attempt; r.mu is held.
+// begin starts one claimed attempt on a handler goroutine; r.mu is held.
 func (r *running) begin(c store.Claimed) {
 	ctx, cancel := context.WithCancelCause(r.handlerBase)
-	a := &attempt{key: attemptKey{c.WorkID, c.Attempt}, cancel: cancel}
+	a := &attempt{key: attemptKey{c.WorkID, c.Attempt}, ctx: ctx, cancel: cancel, claim: c}
 	r.inflight[a.key] = a
-	go r.execute(ctx, a, c)
+	select {
+	case r.jobs <- a:
+	default:
+		// Every handler goroutine is busy and the queue is full, which the
+		// slot accounting rules out; run it on a goroutine of its own.
+		go r.execute(a)
+	}
 }
 
-// execute runs one attempt and queues its result.
-func (r *running) execute(ctx context.Context, a *attempt, c store.Claimed) {
+// handlerLoop runs attempts until the pool stops, or until an attempt it
+// runs is abandoned (a replacement goroutine then takes its place).
+func (r *running) handlerLoop() {
+	for a := range r.jobs {
+		if !r.execute(a) {
+			return
+		}
+	}
+}
+
+// execute runs one attempt and queues its result. It reports false when
+// the watchdog gave up on the handler meanwhile: the calling goroutine has
+// been replaced and must exit.
+func (r *running) execute(a *attempt) bool {
 	defer a.cancel(nil)
-	p := r.p
+	p, c, ctx := r.p, a.claim, a.ctx
 	res := store.Result{WorkID: c.WorkID, Attempt: c.Attempt, OnComplete: c.HasOnComplete}
 	switch fn := p.lookupFunc(c.Fn); {
 	case c.WorkMissing:
 		p.log.Error(ctx, "worker: claimed work has no work row", "work_id", c.WorkID)
 		r.done(a, nil, false)
-		return
+		return true
 	case c.Canceled:
 		res.Status = "canceled"
 	default:
 		begin := time.Now()
-		value, err, timedOut := r.invoke(ctx, fn, c)
+		value, err, timedOut := r.invoke(a, fn)
+		if !a.state.CompareAndSwap(attemptRunning, attemptReturned) {
+			return false // the watchdog reported it and replaced this goroutine
+		}
 		res.RunMs = time.Since(begin).Milliseconds()
 		cause := context.Cause(ctx)
 		switch {
@@ -449,7 +491,7 @@ func (r *running) execute(ctx context.Context, a *attempt, c store.Claimed) {
 			res.Status, res.Value = "success", string(value)
 		case errors.Is(cause, errStopping):
 			r.done(a, nil, true)
-			return
+			return true
 		case errors.Is(cause, errCanceledByUser):
 			res.Status = "canceled"
 		case timedOut:
@@ -459,47 +501,50 @@ func (r *running) execute(ctx context.Context, a *attempt, c store.Claimed) {
 		}
 	}
 	r.done(a, &res, false)
+	return true
 }
 
 // invoke calls the handler with the attempt's timeout, turning a panic into
-// an error and giving up on a handler that ignores its context.
-func (r *running) invoke(ctx context.Context, fn *funcInfo, c store.Claimed) (value []byte, err error, timedOut bool) {
-	tctx, cancel := context.WithTimeout(ctx, c.Timeout)
+// an error. A watchdog gives up on a handler that ignores its context: at
+// the deadline plus a grace period it reports the timeout, frees the slot
+// and starts a replacement goroutine, leaving the handler running.
+func (r *running) invoke(a *attempt, fn *funcInfo) (value []byte, err error, timedOut bool) {
+	c := a.claim
+	tctx, cancel := context.WithTimeout(a.ctx, c.Timeout)
 	defer cancel()
-	type ret struct {
-		value []byte
-		err   error
-	}
-	ch := make(chan ret, 1)
-	go func() {
-		defer func() {
-			if rec := recover(); rec != nil {
-				r.p.log.Error(ctx, "worker: handler panicked", "work_id", c.WorkID, "fn", c.Fn,
-					"panic", fmt.Sprint(rec), "stack", string(debug.Stack()))
-				ch <- ret{err: fmt.Errorf("panic: %v", rec)}
-			}
-		}()
-		v, err := fn.run(tctx, []byte(c.Args))
-		ch <- ret{v, err}
+	watchdog := time.AfterFunc(c.Timeout+abandonGrace, func() { r.abandon(a) })
+	defer watchdog.Stop()
+	defer func() {
+		if rec := recover(); rec != nil {
+			r.p.log.Error(a.ctx, "worker: handler panicked", "work_id", c.WorkID, "fn", c.Fn,
+				"panic", fmt.Sprint(rec), "stack", string(debug.Stack()))
+			value, err, timedOut = nil, fmt.Errorf("panic: %v", rec), false
+		}
 	}()
-	abandon := time.NewTimer(c.Timeout + abandonGrace)
-	defer abandon.Stop()
-	select {
-	case res := <-ch:
-		expired := errors.Is(tctx.Err(), context.DeadlineExceeded) && ctx.Err() == nil
-		return res.value, res.err, res.err != nil && expired
-	case <-abandon.C:
-		r.p.log.Warn(ctx, "worker: handler ignored its deadline; reporting a timeout and leaving it running",
-			"work_id", c.WorkID, "fn", c.Fn)
-		return nil, context.DeadlineExceeded, true
+	value, err = fn.run(tctx, []byte(c.Args))
+	expired := errors.Is(tctx.Err(), context.DeadlineExceeded) && a.ctx.Err() == nil
+	return value, err, err != nil && expired
+}
+
+// abandon reports an attempt whose handler ignored its deadline as timed
+// out, unless it returned meanwhile.
+func (r *running) abandon(a *attempt) {
+	if !a.state.CompareAndSwap(attemptRunning, attemptAbandoned) {
+		return
 	}
+	c := a.claim
+	r.p.log.Warn(a.ctx, "worker: handler ignored its deadline; reporting a timeout and leaving it running",
+		"work_id", c.WorkID, "fn", c.Fn)
+	go r.handlerLoop()
+	r.done(a, &store.Result{WorkID: c.WorkID, Attempt: c.Attempt, OnComplete: c.HasOnComplete,
+		Status: "failed", Error: recovery.ReasonTimedOut, RunMs: (c.Timeout + abandonGrace).Milliseconds()}, false)
 }
 
 // done frees the attempt's slot and queues its result (or its release).
 func (r *running) done(a *attempt, res *store.Result, release bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if a.abandoned {
+	if a.released {
 		return // Stop already gave it back
 	}
 	if r.inflight[a.key] == a {

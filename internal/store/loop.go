@@ -154,7 +154,10 @@ WITH lim AS (
            CASE WHEN mine THEN $5::bigint END, CASE WHEN mine THEN statement_timestamp() END,
            CASE WHEN mine THEN statement_timestamp() + timeout_ms * interval '1 millisecond' END
       FROM pick
-    ON CONFLICT (work_id) DO NOTHING
+     -- Only the loop inserts running rows, under the internal_state lock,
+     -- so this probe cannot race; it is cheaper than ON CONFLICT's
+     -- speculative insertion.
+     WHERE NOT EXISTS (SELECT 1 FROM {s}.running r WHERE r.work_id = pick.work_id)
     RETURNING work_id
 ), rc AS (
     UPDATE {s}.internal_state SET running_count = running_count + (SELECT count(*) FROM ins) WHERE pool = $1
