@@ -400,7 +400,7 @@ func (l *Loop) iterate(ctx context.Context, conn *sql.Conn, generation int64, it
 		}
 	}
 	if lvl, err := stats.ParseLevel(st.LogLevel); err == nil {
-		log.SetLevel(lvl)
+		log.SetStoredLevel(lvl, st.ConfigVersion.UnixNano())
 	}
 	it.st, it.running, it.counters = st, st.RunningCount, st.Counters
 	it.cursors.start, it.cursors.completion, it.cursors.cancelation = st.StartCursor, st.CompletionCursor, st.CancelationCursor

@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"runtime"
+	"sync"
 	"sync/atomic"
 	"time"
 )
@@ -33,6 +34,9 @@ const (
 type Logger struct {
 	handler slog.Handler // the base handler with the pool attribute attached
 	level   atomic.Int32 // always a valid Level
+
+	versionMu sync.Mutex
+	version   int64 // of the stored level last applied by SetStoredLevel
 }
 
 // NewLogger returns a Logger writing to base and tagging every line with the
@@ -61,6 +65,23 @@ func (l *Logger) SetLevel(level Level) {
 	if level.Valid() {
 		l.level.Store(int32(level))
 	}
+}
+
+// SetStoredLevel applies a level read from the database, with the version
+// it was stored at (the config row's update time). Readers race: a read
+// that started before a change can finish after it, so an older version
+// than the one applied last is ignored.
+func (l *Logger) SetStoredLevel(level Level, version int64) {
+	if !level.Valid() {
+		return
+	}
+	l.versionMu.Lock()
+	defer l.versionMu.Unlock()
+	if version < l.version {
+		return
+	}
+	l.version = version
+	l.level.Store(int32(level))
 }
 
 // Level returns the level currently used for filtering.

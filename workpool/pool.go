@@ -258,26 +258,28 @@ func (p *Pool) SetLogLevel(ctx context.Context, level LogLevel) error {
 	if err := p.ensure(ctx); err != nil {
 		return err
 	}
+	var version time.Time
 	err := p.inTx(ctx, func(tx *sql.Tx) error {
-		if err := p.store.SetLogLevel(ctx, tx, p.cfg.Name, level.String(), MaxParallelismDefault); err != nil {
+		var err error
+		if version, err = p.store.SetLogLevel(ctx, tx, p.cfg.Name, level.String(), MaxParallelismDefault); err != nil {
 			return p.wrapDBError("set log level", err)
 		}
 		return p.store.Notify(ctx, tx, p.keys.Channel, string(store.SignalConfig))
 	})
 	if err == nil {
-		p.log.SetLevel(level)
+		p.log.SetStoredLevel(level, version.UnixNano())
 	}
 	return err
 }
 
 // refreshConfig reads the stored config into this process.
 func (p *Pool) refreshConfig(ctx context.Context) error {
-	_, level, err := p.store.ReadConfig(ctx, p.sqlDB, p.cfg.Name)
+	c, err := p.store.ReadConfig(ctx, p.sqlDB, p.cfg.Name)
 	if err != nil {
 		return p.wrapDBError("read config", err)
 	}
-	if l, err := stats.ParseLevel(level); err == nil {
-		p.log.SetLevel(l)
+	if l, err := stats.ParseLevel(c.LogLevel); err == nil {
+		p.log.SetStoredLevel(l, c.Version.UnixNano())
 	}
 	return nil
 }

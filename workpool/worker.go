@@ -61,13 +61,13 @@ type running struct {
 	claimWake, cancelWake, finishWake, configWake, flushWake chan struct{}
 	// jobs feeds the long-lived handler goroutines (Workers of them): a
 	// goroutine keeps its grown stack from one attempt to the next.
-	jobs chan *attempt
-	stopClaims                                               chan struct{} // closed: claimer, finisher, canceler, config refresher stop
-	stopFlush                                                chan struct{} // closed: flusher drains and stops
-	stopBeat                                                 chan struct{} // closed: heartbeat stops
-	claimersWG                                               sync.WaitGroup
-	flushDone                                                chan struct{}
-	beatDone                                                 chan struct{}
+	jobs       chan *attempt
+	stopClaims chan struct{} // closed: claimer, finisher, canceler, config refresher stop
+	stopFlush  chan struct{} // closed: flusher drains and stops
+	stopBeat   chan struct{} // closed: heartbeat stops
+	claimersWG sync.WaitGroup
+	flushDone  chan struct{}
+	beatDone   chan struct{}
 
 	mu            sync.Mutex
 	inflight      map[attemptKey]*attempt
@@ -136,7 +136,7 @@ func (p *Pool) Start(ctx context.Context) error {
 		}
 	}
 	if p.cfg.LogLevel != 0 {
-		if err := p.store.SetLogLevel(ctx, p.sqlDB, p.cfg.Name, p.cfg.LogLevel.String(), MaxParallelismDefault); err != nil {
+		if _, err := p.store.SetLogLevel(ctx, p.sqlDB, p.cfg.Name, p.cfg.LogLevel.String(), MaxParallelismDefault); err != nil {
 			return p.wrapDBError("start", err)
 		}
 	}

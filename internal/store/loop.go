@@ -19,7 +19,7 @@ func init() {
 	// producers stop kicking it while it works.
 	register("lockState", `
 WITH st AS (
-    SELECT s.*, c.max_parallelism, c.log_level
+    SELECT s.*, c.max_parallelism, c.log_level, c.updated_at AS config_updated_at
       FROM {s}.internal_state s JOIN {s}.config c ON c.pool = s.pool
      WHERE s.pool = $1
        FOR UPDATE OF s
@@ -31,6 +31,7 @@ WITH st AS (
 SELECT st.generation, st.start_cursor, st.completion_cursor, st.cancelation_cursor, st.last_recovery,
        st.last_activity, st.running_count, st.report_completed, st.report_succeeded, st.report_failed,
        st.report_retries, st.report_canceled, st.report_started_at, st.max_parallelism, st.log_level,
+       st.config_updated_at,
        {now}, statement_timestamp(), (SELECT count(*) FROM rs),
        set_config('statement_timeout', $3, true) || set_config('plan_cache_mode', 'force_generic_plan', true)
   FROM st`)
@@ -237,6 +238,7 @@ type State struct {
 	Counters                                         Counters
 	MaxParallelism                                   int
 	LogLevel                                         string
+	ConfigVersion                                    time.Time // when config was last updated
 	NowSegment                                       int64
 	Now                                              time.Time
 	// MarkedRunning is true when this call moved run_status to running
@@ -256,7 +258,7 @@ func (s *Store) LockStateOp(pool string, generation int64, statementTimeout time
 		if err := r.Scan(&st.Generation, &st.StartCursor, &st.CompletionCursor, &st.CancelationCursor, &st.LastRecovery,
 			&st.LastActivity, &st.RunningCount, &st.Counters.Completed, &st.Counters.Succeeded, &st.Counters.Failed,
 			&st.Counters.Retries, &st.Counters.Canceled, &st.Counters.Since, &st.MaxParallelism, &st.LogLevel,
-			&st.NowSegment, &st.Now, &marked, &setting); err != nil {
+			&st.ConfigVersion, &st.NowSegment, &st.Now, &marked, &setting); err != nil {
 			return err
 		}
 		st.MarkedRunning = marked > 0

@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
+	"time"
 )
 
 // Statements run by producers: enqueue, cancel, the kick, status and config.
@@ -97,9 +98,10 @@ RETURNING (SELECT max_parallelism FROM old)`)
 
 	register("setLogLevel", `
 INSERT INTO {s}.config (pool, max_parallelism, log_level) VALUES ($1, $2, $3)
-ON CONFLICT (pool) DO UPDATE SET log_level = EXCLUDED.log_level, updated_at = now()`)
+ON CONFLICT (pool) DO UPDATE SET log_level = EXCLUDED.log_level, updated_at = now()
+RETURNING updated_at`)
 
-	register("readConfig", `SELECT max_parallelism, log_level FROM {s}.config WHERE pool = $1`)
+	register("readConfig", `SELECT max_parallelism, log_level, updated_at FROM {s}.config WHERE pool = $1`)
 
 	register("notify", `SELECT pg_notify($1, $2)`)
 }
@@ -273,17 +275,27 @@ func (s *Store) SetMaxParallelism(ctx context.Context, q Querier, pool string, n
 	return int(old.Int64), nil
 }
 
-// SetLogLevel stores the pool's log level. maxParallelism is only used if
-// the pool has no config row yet.
-func (s *Store) SetLogLevel(ctx context.Context, q Querier, pool string, level string, maxParallelism int) error {
-	_, err := q.ExecContext(ctx, s.sql("setLogLevel"), pool, maxParallelism, level)
-	return err
+// SetLogLevel stores the pool's log level and returns the version (update
+// time) it was stored at. maxParallelism is only used if the pool has no
+// config row yet.
+func (s *Store) SetLogLevel(ctx context.Context, q Querier, pool string, level string, maxParallelism int) (time.Time, error) {
+	var version time.Time
+	err := q.QueryRowContext(ctx, s.sql("setLogLevel"), pool, maxParallelism, level).Scan(&version)
+	return version, err
+}
+
+// Config is a pool's runtime configuration.
+type Config struct {
+	MaxParallelism int
+	LogLevel       string
+	Version        time.Time // when it was last updated
 }
 
 // ReadConfig returns the pool's runtime configuration.
-func (s *Store) ReadConfig(ctx context.Context, q Querier, pool string) (maxParallelism int, logLevel string, err error) {
-	err = q.QueryRowContext(ctx, s.sql("readConfig"), pool).Scan(&maxParallelism, &logLevel)
-	return maxParallelism, logLevel, err
+func (s *Store) ReadConfig(ctx context.Context, q Querier, pool string) (Config, error) {
+	var c Config
+	err := q.QueryRowContext(ctx, s.sql("readConfig"), pool).Scan(&c.MaxParallelism, &c.LogLevel, &c.Version)
+	return c, err
 }
 
 // Notify sends a notification on a channel (delivered at commit when q is a
