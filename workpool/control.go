@@ -4,8 +4,6 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
-
-	"github.com/pgworkpool/pgworkpool/internal/store"
 )
 
 // State is where a work item is in its life.
@@ -147,25 +145,14 @@ func (p *Pool) cancel(ctx context.Context, ids []int64) (int, error) {
 		return 0, err
 	}
 	var n int
-	var kicked bool
-	err := p.inTx(ctx, func(tx *sql.Tx) error {
+	err := p.writeAndKick(ctx, "cancel", func(tx *sql.Tx) (bool, error) {
 		recorded, err := p.store.InsertCancelations(ctx, tx, p.cfg.Name, ids, p.keys.KickLock)
 		if err != nil {
-			return p.wrapDBError("cancel", err)
+			return false, p.wrapDBError("cancel", err)
 		}
 		n = len(recorded)
-		if n == 0 {
-			return nil
-		}
-		kicked, err = p.store.Kick(ctx, tx, p.cfg.Name, p.keys, store.KickSource{})
-		if err != nil {
-			return p.wrapDBError("cancel", err)
-		}
-		return nil
+		return n > 0, nil
 	})
-	if err == nil && kicked {
-		p.kickLocal()
-	}
 	return n, err
 }
 

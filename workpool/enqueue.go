@@ -95,10 +95,8 @@ func Timeout(d time.Duration) Option {
 
 // prepared is an enqueue call checked and encoded, ready for the database.
 type prepared struct {
-	fn      *funcInfo
-	work    store.NewWork
-	runAt   time.Time
-	dueTime time.Time
+	fn   *funcInfo
+	work store.NewWork
 }
 
 // prepare validates everything before any query runs: a call that fails here
@@ -144,11 +142,7 @@ func (p *Pool) prepare(ctx context.Context, h Handle, args []any, opts []Option)
 		}
 		w.Labels[i], w.Args[i], w.Contexts[i] = o.label, string(b), string(o.onCtx)
 	}
-	pr := &prepared{fn: fn, work: w}
-	if o.runAtSet {
-		pr.runAt = o.runAt
-	}
-	return pr, nil
+	return &prepared{fn: fn, work: w}, nil
 }
 
 func (p *Pool) applyOptions(fn *funcInfo, o *enqueueOptions, w *store.NewWork) error {

@@ -5,7 +5,9 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -112,21 +114,13 @@ func (p *Pool) addOnComplete(h *onCompleteInfo) error {
 func (p *Pool) funcNames() []string {
 	p.mu.RLock()
 	defer p.mu.RUnlock()
-	out := make([]string, 0, len(p.funcs))
-	for n := range p.funcs {
-		out = append(out, n)
-	}
-	return out
+	return slices.Collect(maps.Keys(p.funcs))
 }
 
 func (p *Pool) onCompleteNames() []string {
 	p.mu.RLock()
 	defer p.mu.RUnlock()
-	out := make([]string, 0, len(p.onCompletes))
-	for n := range p.onCompletes {
-		out = append(out, n)
-	}
-	return out
+	return slices.Collect(maps.Keys(p.onCompletes))
 }
 
 func (p *Pool) lookupFunc(name string) *funcInfo {
@@ -188,6 +182,27 @@ func (p *Pool) kickLocal() {
 	}
 }
 
+// writeAndKick runs write in a transaction of ours and, when it says the
+// loop must learn about it, kicks the loop in the same transaction and this
+// process's driver after the commit.
+func (p *Pool) writeAndKick(ctx context.Context, op string, write func(tx *sql.Tx) (kick bool, err error)) error {
+	kicked := false
+	err := p.inTx(ctx, func(tx *sql.Tx) error {
+		kick, err := write(tx)
+		if err != nil || !kick {
+			return err
+		}
+		if kicked, err = p.store.Kick(ctx, tx, p.cfg.Name, p.keys, store.KickSource{}); err != nil {
+			return p.wrapDBError(op, err)
+		}
+		return nil
+	})
+	if err == nil && kicked {
+		p.kickLocal()
+	}
+	return err
+}
+
 func (p *Pool) runState() *running {
 	p.startMu.Lock()
 	defer p.startMu.Unlock()
@@ -227,24 +242,13 @@ func (p *Pool) SetMaxParallelism(ctx context.Context, n int) error {
 	if err := p.ensure(ctx); err != nil {
 		return err
 	}
-	kicked := false
-	err := p.inTx(ctx, func(tx *sql.Tx) error {
+	return p.writeAndKick(ctx, "set max parallelism", func(tx *sql.Tx) (bool, error) {
 		old, err := p.store.SetMaxParallelism(ctx, tx, p.cfg.Name, n)
 		if err != nil {
-			return p.wrapDBError("set max parallelism", err)
+			return false, p.wrapDBError("set max parallelism", err)
 		}
-		if n > old {
-			kicked, err = p.store.Kick(ctx, tx, p.cfg.Name, p.keys, store.KickSource{})
-			if err != nil {
-				return p.wrapDBError("set max parallelism", err)
-			}
-		}
-		return nil
+		return n > old, nil
 	})
-	if err == nil && kicked {
-		p.kickLocal()
-	}
-	return err
 }
 
 // SetLogLevel changes the pool's log level at runtime, for every process.

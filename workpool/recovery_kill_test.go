@@ -283,9 +283,9 @@ func rkKillWorkerHolding(t *testing.T, e *env, name string, ids []int64) time.Ti
 	})
 	n := len(ids)
 	waitFor(t, 60*time.Second, "the worker process to hold every item", func() bool {
-		return e.count("SELECT count(DISTINCT work_id) FROM "+e.schema+".held WHERE work_id IN (?)", bun.In(ids)) == n &&
+		return e.count("SELECT count(DISTINCT work_id) FROM "+e.schema+".held WHERE work_id IN (?)", bun.List(ids)) == n &&
 			e.count("SELECT count(*) FROM "+e.schema+".running r JOIN "+e.schema+".workers w ON w.id = r.claimed_by "+
-				"WHERE w.pid = ? AND r.work_id IN (?)", cmd.Process.Pid, bun.In(ids)) == n
+				"WHERE w.pid = ? AND r.work_id IN (?)", cmd.Process.Pid, bun.List(ids)) == n
 	})
 	require.NoError(t, cmd.Process.Signal(syscall.SIGKILL))
 	killedAt := time.Now()

@@ -36,10 +36,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/stdlib"
 	"github.com/uptrace/bun"
-	"github.com/uptrace/bun/dialect/pgdialect"
 	"github.com/uptrace/bun/migrate"
 
 	"github.com/pgworkpool/pgworkpool/internal/pgtest"
@@ -105,11 +102,10 @@ func run(ctx context.Context) error {
 	if srv.Owned() {
 		fmt.Println("Started a throwaway Postgres (set DATABASE_URL to use your own).")
 	}
-	cfg, err := pgx.ParseConfig(srv.URL())
+	db, err := pgtest.Open(srv.URL())
 	if err != nil {
 		return err
 	}
-	db := bun.NewDB(stdlib.OpenDB(*cfg), pgdialect.New())
 	defer db.Close()
 
 	dropSchemas := func() {

@@ -40,10 +40,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/stdlib"
 	"github.com/uptrace/bun"
-	"github.com/uptrace/bun/dialect/pgdialect"
 
 	"github.com/pgworkpool/pgworkpool/internal/pgtest"
 	"github.com/pgworkpool/pgworkpool/migrations"
@@ -86,14 +83,6 @@ func main() {
 		fmt.Fprintf(os.Stderr, "multiprocess (pid %d): %v\n", os.Getpid(), err)
 		os.Exit(1)
 	}
-}
-
-func openDB(url string) (*bun.DB, error) {
-	cfg, err := pgx.ParseConfig(url)
-	if err != nil {
-		return nil, err
-	}
-	return bun.NewDB(stdlib.OpenDB(*cfg), pgdialect.New()), nil
 }
 
 // newPool returns the pool every process uses, with the "record" function
@@ -157,7 +146,7 @@ func worker() error {
 	if url == "" {
 		return errors.New("DATABASE_URL is not set")
 	}
-	db, err := openDB(url)
+	db, err := pgtest.Open(url)
 	if err != nil {
 		return err
 	}
@@ -213,7 +202,7 @@ func parent() (err error) {
 	if srv.Owned() {
 		fmt.Println("Started a throwaway Postgres (set DATABASE_URL to use your own).")
 	}
-	db, err := openDB(srv.URL())
+	db, err := pgtest.Open(srv.URL())
 	if err != nil {
 		return err
 	}

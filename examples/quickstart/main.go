@@ -20,10 +20,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/stdlib"
 	"github.com/uptrace/bun"
-	"github.com/uptrace/bun/dialect/pgdialect"
 
 	"github.com/pgworkpool/pgworkpool/internal/pgtest"
 	"github.com/pgworkpool/pgworkpool/migrations"
@@ -71,11 +68,10 @@ func run(ctx context.Context) error {
 	if srv.Owned() {
 		fmt.Println("Started a throwaway Postgres (set DATABASE_URL to use your own).")
 	}
-	cfg, err := pgx.ParseConfig(srv.URL())
+	db, err := pgtest.Open(srv.URL())
 	if err != nil {
 		return err
 	}
-	db := bun.NewDB(stdlib.OpenDB(*cfg), pgdialect.New())
 	defer db.Close()
 	defer db.ExecContext(context.WithoutCancel(ctx), "DROP SCHEMA IF EXISTS "+schema+" CASCADE")
 

@@ -86,16 +86,30 @@ func NewSchemaName(t testing.TB) string {
 	return uniqueName(t, "t_")
 }
 
-// OpenBun opens a *bun.DB on url the way the library expects to be used
-// (the pgx database/sql driver and the bun Postgres dialect), and closes
-// it when the test ends.
-func OpenBun(t testing.TB, url string) *bun.DB {
-	t.Helper()
+// Open opens a *bun.DB on url the way the library expects to be used: the
+// pgx database/sql driver and the bun Postgres dialect. Its connection pool
+// keeps as many idle connections as open ones (database/sql keeps 2 by
+// default), so that connections, and the statements prepared on them, are
+// reused rather than reopened under load.
+func Open(url string) (*bun.DB, error) {
 	cfg, err := pgx.ParseConfig(url)
 	if err != nil {
-		t.Fatalf("pgtest: parse database URL: %v", err)
+		return nil, fmt.Errorf("pgtest: parse database URL: %w", err)
 	}
-	db := bun.NewDB(stdlib.OpenDB(*cfg), pgdialect.New())
+	sqlDB := stdlib.OpenDB(*cfg)
+	sqlDB.SetMaxOpenConns(40)
+	sqlDB.SetMaxIdleConns(40)
+	return bun.NewDB(sqlDB, pgdialect.New()), nil
+}
+
+// OpenBun is Open for tests: it fails the test on error and closes the
+// database when the test ends.
+func OpenBun(t testing.TB, url string) *bun.DB {
+	t.Helper()
+	db, err := Open(url)
+	if err != nil {
+		t.Fatal(err)
+	}
 	t.Cleanup(func() { _ = db.Close() })
 	return db
 }

@@ -563,15 +563,3 @@ func (s *Store) ReadCounters(ctx context.Context, q Querier, pool string) (Count
 	}
 	return c, nil
 }
-
-// scanIDs appends each row's single bigint to out.
-func scanIDs(out *[]int64) func(Row) error {
-	return func(r Row) error {
-		var id int64
-		if err := r.Scan(&id); err != nil {
-			return err
-		}
-		*out = append(*out, id)
-		return nil
-	}
-}

@@ -197,32 +197,15 @@ func (s *Store) Kick(ctx context.Context, q Querier, pool string, keys Keys, src
 // being canceled. It returns the ids it recorded.
 func (s *Store) InsertCancelations(ctx context.Context, q Querier, pool string, ids []int64, kickLock int64) ([]int64, error) {
 	var out []int64
-	err := collect(ctx, q, s.sql("insertCancelations"), []any{pool, ids, kickLock}, func(r *sql.Rows) error {
-		var id int64
-		if err := r.Scan(&id); err != nil {
-			return err
-		}
-		out = append(out, id)
-		return nil
-	})
-	if err != nil {
-		return nil, fmt.Errorf("insert cancelations: %w", err)
-	}
-	return out, nil
+	err := Run(ctx, q, s.op("insertCancelations", scanIDs(&out), pool, ids, kickLock))
+	return out, err
 }
 
 // WorkPage returns up to limit ids of the pool's work in (after, upTo], in
 // id order, for paging through everything enqueued before a point in time.
 func (s *Store) WorkPage(ctx context.Context, q Querier, pool string, after, upTo int64, limit int) ([]int64, error) {
 	var out []int64
-	err := collect(ctx, q, s.sql("workPage"), []any{pool, after, upTo, limit}, func(r *sql.Rows) error {
-		var id int64
-		if err := r.Scan(&id); err != nil {
-			return err
-		}
-		out = append(out, id)
-		return nil
-	})
+	err := Run(ctx, q, s.op("workPage", scanIDs(&out), pool, after, upTo, limit))
 	return out, err
 }
 
@@ -248,14 +231,14 @@ type WorkStatus struct {
 // Status looks up the given ids of a pool, in input order.
 func (s *Store) Status(ctx context.Context, q Querier, pool string, ids []int64) ([]WorkStatus, error) {
 	out := make([]WorkStatus, 0, len(ids))
-	err := collect(ctx, q, s.sql("status"), []any{pool, ids}, func(r *sql.Rows) error {
+	err := Run(ctx, q, s.op("status", func(r Row) error {
 		var st WorkStatus
 		if err := r.Scan(&st.ID, &st.Exists, &st.Attempts, &st.Finishing, &st.Pending, &st.Retrying, &st.Issued); err != nil {
 			return err
 		}
 		out = append(out, st)
 		return nil
-	})
+	}, pool, ids))
 	if err != nil {
 		return nil, fmt.Errorf("status: %w", err)
 	}

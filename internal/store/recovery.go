@@ -2,7 +2,6 @@ package store
 
 import (
 	"context"
-	"database/sql"
 	"fmt"
 	"time"
 )
@@ -55,15 +54,15 @@ type Lost struct {
 // LostAttempts lists up to limit lost attempts of the pool.
 func (s *Store) LostAttempts(ctx context.Context, q Querier, pool string, lease, grace time.Duration, limit int) ([]Lost, error) {
 	var out []Lost
-	err := collect(ctx, q, s.sql("lostAttempts"), []any{pool, lease.Milliseconds(), grace.Milliseconds(), limit},
-		func(r *sql.Rows) error {
-			var l Lost
-			if err := r.Scan(&l.WorkID, &l.Attempt, &l.Reason); err != nil {
-				return err
-			}
-			out = append(out, l)
-			return nil
-		})
+	err := Run(ctx, q, s.op("lostAttempts", func(r Row) error {
+		var l Lost
+		if err := r.Scan(&l.WorkID, &l.Attempt, &l.Reason); err != nil {
+			return err
+		}
+		out = append(out, l)
+		return nil
+	}, pool, lease.Milliseconds(), grace.Milliseconds(), limit))
+
 	if err != nil {
 		return nil, fmt.Errorf("lost attempts: %w", err)
 	}
@@ -74,16 +73,6 @@ func (s *Store) LostAttempts(ctx context.Context, q Querier, pool string, lease,
 // returns their work ids.
 func (s *Store) DeleteOrphans(ctx context.Context, q Querier, pool string) ([]int64, error) {
 	var out []int64
-	err := collect(ctx, q, s.sql("deleteOrphans"), []any{pool}, func(r *sql.Rows) error {
-		var id int64
-		if err := r.Scan(&id); err != nil {
-			return err
-		}
-		out = append(out, id)
-		return nil
-	})
-	if err != nil {
-		return nil, fmt.Errorf("delete orphans: %w", err)
-	}
-	return out, nil
+	err := Run(ctx, q, s.op("deleteOrphans", scanIDs(&out), pool))
+	return out, err
 }

@@ -162,16 +162,27 @@ func (s *Store) op(name string, scan func(Row) error, args ...any) Op {
 // Run executes ops one by one on q.
 func Run(ctx context.Context, q Querier, ops ...Op) error {
 	for _, op := range ops {
-		if err := collect(ctx, q, op.sql, op.args, func(r *sql.Rows) error {
-			if op.scan == nil {
-				return nil
-			}
-			return op.scan(r)
-		}); err != nil {
+		if err := runOne(ctx, q, op); err != nil {
 			return fmt.Errorf("%s: %w", op.name, err)
 		}
 	}
 	return nil
+}
+
+func runOne(ctx context.Context, q Querier, op Op) error {
+	rows, err := q.QueryContext(ctx, op.sql, op.args...)
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		if op.scan != nil {
+			if err := op.scan(rows); err != nil {
+				return err
+			}
+		}
+	}
+	return rows.Err()
 }
 
 // Pipeline executes ops in order on the pgx connection behind conn, in one
@@ -219,19 +230,14 @@ func readBatch(br pgx.BatchResults, op Op) error {
 	return rows.Err()
 }
 
-// Scan helpers ---------------------------------------------------------------
-
-// collect runs a query and scans every row with scan.
-func collect(ctx context.Context, q Querier, query string, args []any, scan func(*sql.Rows) error) error {
-	rows, err := q.QueryContext(ctx, query, args...)
-	if err != nil {
-		return err
-	}
-	defer rows.Close()
-	for rows.Next() {
-		if err := scan(rows); err != nil {
+// scanIDs appends each row's single bigint to out.
+func scanIDs(out *[]int64) func(Row) error {
+	return func(r Row) error {
+		var id int64
+		if err := r.Scan(&id); err != nil {
 			return err
 		}
+		*out = append(*out, id)
+		return nil
 	}
-	return rows.Err()
 }

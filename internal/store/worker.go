@@ -271,14 +271,14 @@ type Finishing struct {
 // one of handlers. The locks last until the transaction ends.
 func (s *Store) ClaimFinishing(ctx context.Context, q Querier, pool string, handlers []string, limit int) ([]Finishing, error) {
 	var out []Finishing
-	err := collect(ctx, q, s.sql("claimFinishing"), []any{pool, handlers, limit}, func(r *sql.Rows) error {
+	err := Run(ctx, q, s.op("claimFinishing", func(r Row) error {
 		var f Finishing
 		if err := r.Scan(&f.WorkID, &f.Fn, &f.Label, &f.Attempts, &f.OnComplete, &f.Context, &f.Result, &f.FinishAttempts); err != nil {
 			return err
 		}
 		out = append(out, f)
 		return nil
-	})
+	}, pool, handlers, limit))
 	if err != nil {
 		return nil, fmt.Errorf("claim finishing: %w", err)
 	}
@@ -308,13 +308,6 @@ func (s *Store) Release(ctx context.Context, q Querier, pool string, workerID in
 // CanceledAmong returns which of ids have been marked canceled.
 func (s *Store) CanceledAmong(ctx context.Context, q Querier, ids []int64) ([]int64, error) {
 	var out []int64
-	err := collect(ctx, q, s.sql("canceledAmong"), []any{ids}, func(r *sql.Rows) error {
-		var id int64
-		if err := r.Scan(&id); err != nil {
-			return err
-		}
-		out = append(out, id)
-		return nil
-	})
+	err := Run(ctx, q, s.op("canceledAmong", scanIDs(&out), ids))
 	return out, err
 }
