@@ -42,9 +42,12 @@ type Enqueued struct {
 	RunAt time.Time
 }
 
-// Started describes an attempt that a worker just began. It is logged as the
-// "started" event; StartLag shows how long due work waits for a slot, which
-// is the first sign of an undersized pool.
+// Started describes an attempt that was just given one of the pool's slots
+// by the loop (the handler begins once a worker holds it, at once when the
+// process that runs the loop has a free slot for it). It is logged as the
+// "started" event, by the process that runs the loop; StartLag shows how
+// long due work waits for a slot, which is the first sign of an undersized
+// pool.
 type Started struct {
 	// WorkID identifies the item in every event about it.
 	WorkID int64
@@ -56,7 +59,7 @@ type Started struct {
 	// Attempt numbers this attempt, starting at 1 for the first.
 	Attempt int
 	// StartLag is the time between the item becoming due and this attempt
-	// starting. It is logged in milliseconds.
+	// getting its slot. It is logged in milliseconds.
 	StartLag time.Duration
 }
 
@@ -75,7 +78,10 @@ type Completed struct {
 	Status Status
 	// Attempts counts the attempts made so far, including this one.
 	Attempts int
-	// RunTime is how long the attempt ran. It is logged in milliseconds.
+	// RunTime is how long the attempt ran, as its worker measured it. It is
+	// logged in milliseconds, and is zero when unknown: an attempt failed
+	// by recovery, or canceled before it ran (neither enters the run-time
+	// percentiles).
 	RunTime time.Duration
 	// Error is the failure message; it is omitted from the log line when
 	// empty, which is the case for successful attempts.

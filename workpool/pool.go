@@ -290,7 +290,10 @@ func (p *Pool) refreshConfig(ctx context.Context) error {
 
 // Stats returns the figures of the periodic report as of now: counters
 // since the last report, current sizes, and (in the process that runs the
-// loop) the interval's start-lag and run-time percentiles.
+// loop) the interval's start-lag and run-time percentiles. The loop closes
+// an interval every ReportInterval while it is active, even at a log level
+// that does not print the report (LogWarn, LogError), so the counters cover
+// the time since then.
 func (p *Pool) Stats(ctx context.Context) (stats.Report, error) {
 	if err := p.ensure(ctx); err != nil {
 		return stats.Report{}, err
