@@ -29,7 +29,8 @@ CREATE TABLE IF NOT EXISTS {{.Schema}}.work (
     finish_error        text
 ) WITH (fillfactor = 90);
 
-CREATE INDEX IF NOT EXISTS work_pool_id_idx ON {{.Schema}}.work (pool, id);
+-- No (pool, id) index: every enqueue would pay for it, and only CancelAll
+-- pages through a pool's work (by the primary key, filtering on pool).
 CREATE INDEX IF NOT EXISTS work_finishing_idx ON {{.Schema}}.work (pool, finish_after)
     WHERE result IS NOT NULL;
 
