@@ -302,7 +302,10 @@ func (d *Driver) runIterations(ctx context.Context) {
 // and returns the generation and when to wake (-1: only on a kick).
 func (d *Driver) iterateUntilQuiet(ctx context.Context, generation int64) (int64, time.Duration) {
 	log, lp := d.cfg.Logger, d.cfg.Loop
-	const pollMin, pollMax = time.Millisecond, 100 * time.Millisecond
+	// A poll follows a failed try-lock (a producer was in flight) or a
+	// cooldown; producers of this process wake the driver when they
+	// commit, so the cap only delays those of other processes.
+	const pollMin, pollMax = time.Millisecond, 20 * time.Millisecond
 	poll, errBackoff := pollMin, 50*time.Millisecond
 	for ctx.Err() == nil && d.leader.Load() {
 		if generation < 0 {

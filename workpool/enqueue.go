@@ -325,7 +325,7 @@ func (p *Pool) enqueueOwnTx(ctx context.Context, fn Handle, args []any, opts []O
 		chunks = append(chunks, out)
 		ops = append(ops, p.store.InsertWorkOp(chunk, p.keys.KickLock, out))
 	}
-	var kicked bool
+	var kicked bool // the NOTIFY reaches other processes; this one is woken below
 	ops = append(ops, p.store.KickOp(p.cfg.Name, p.keys, store.KickSource{Due: dueHint(w), StartsOnly: true}, &kicked))
 	if err := store.Pipeline(ctx, conn, ops...); err != nil {
 		return nil, p.wrapDBError("enqueue", err)
@@ -337,9 +337,9 @@ func (p *Pool) enqueueOwnTx(ctx context.Context, fn Handle, args []any, opts []O
 		}
 	}
 	p.enqueuedEvents(ctx, w, ids, chunks[0].Segment)
-	if kicked {
-		p.kickLocal()
-	}
+	// Wake this process's driver even if the kick found the loop running:
+	// it may be polling because this enqueue held the kick lock.
+	p.kickLocal()
 	return ids, nil
 }
 

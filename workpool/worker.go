@@ -746,9 +746,11 @@ func (r *running) flushPipelined(ctx context.Context, batch []store.Result) erro
 	if len(recs) < len(batch) {
 		r.logStale(ctx, batch, recs)
 	}
-	if kicked {
-		r.driver.Kick()
-	}
+	// Wake this process's driver even when the kick found the loop running:
+	// it may be polling because this very flush held the kick lock when it
+	// tried to go idle, and would sleep out its poll delay. (A no-op unless
+	// this process leads; the NOTIFY, when sent, reaches the others.)
+	r.driver.Kick()
 	return nil
 }
 
@@ -758,7 +760,6 @@ func (r *running) flushOnce(ctx context.Context, batch []store.Result, careful b
 	for _, res := range batch {
 		byID[res.WorkID] = res
 	}
-	var kicked bool
 	err := p.db.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
 		if err := store.Run(ctx, tx.Tx, store.GenericPlans()); err != nil {
 			return err
@@ -792,11 +793,11 @@ func (r *running) flushOnce(ctx context.Context, batch []store.Result, careful b
 				return err
 			}
 		}
-		kicked, err = p.store.Kick(ctx, tx.Tx, p.cfg.Name, p.keys, store.KickSource{})
+		_, err = p.store.Kick(ctx, tx.Tx, p.cfg.Name, p.keys, store.KickSource{})
 		return err
 	})
-	if err == nil && kicked {
-		r.driver.Kick()
+	if err == nil {
+		r.driver.Kick() // as in flushPipelined
 	}
 	return err
 }
