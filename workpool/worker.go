@@ -173,10 +173,17 @@ func (p *Pool) Start(ctx context.Context) error {
 	r.handlerBase, r.handlerCancel = context.WithCancelCause(context.WithoutCancel(ctx))
 	r.bgCtx, r.bgCancel = context.WithCancel(context.WithoutCancel(ctx))
 	r.driver = loop.NewDriver(loop.DriverConfig{
-		Loop:                p.loop,
-		ConnConfig:          connCfg,
-		Logger:              p.log,
-		OnSignal:            r.onSignal,
+		Loop:       p.loop,
+		ConnConfig: connCfg,
+		Logger:     p.log,
+		OnSignal:   r.onSignal,
+		// Results left to the loop's iterations go back to the flusher
+		// when this process stops leading.
+		OnLeaderChange: func(leader bool) {
+			if !leader {
+				wake(r.flushWake)
+			}
+		},
 		HealthcheckInterval: p.cfg.HealthcheckInterval,
 	})
 	p.loop.SetLocal(r)
@@ -555,7 +562,11 @@ func (r *running) done(a *attempt, res *store.Result, release bool) {
 		r.released = append(r.released, a.key.workID)
 	case res != nil:
 		r.pending = append(r.pending, *res)
-		wake(r.flushWake)
+		if !res.OnComplete && r.loopTakesResults() {
+			r.driver.Kick() // the next iteration records it
+		} else {
+			wake(r.flushWake)
+		}
 	}
 	if r.dirty && !r.stopping {
 		wake(r.claimWake)
@@ -645,9 +656,54 @@ func (r *running) heartbeatLoop() {
 	}
 }
 
+// loopTakesResults reports whether this process's loop iteration records
+// the results that run no onComplete (the process leads and is not
+// stopping); r.mu is held.
+func (r *running) loopTakesResults() bool {
+	return !r.stopping && r.driver.Leader()
+}
+
+// TakeResults hands the loop's iteration up to limit pending results that
+// run no onComplete (loop.LocalWorkers).
+func (r *running) TakeResults(limit int) []store.Result {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if !r.loopTakesResults() {
+		return nil
+	}
+	var taken, kept []store.Result
+	for _, res := range r.pending {
+		if !res.OnComplete && len(taken) < limit {
+			taken = append(taken, res)
+		} else {
+			kept = append(kept, res)
+		}
+	}
+	r.pending = kept
+	return taken
+}
+
+// ResultsRecorded logs the taken results that the attempt fence rejected.
+func (r *running) ResultsRecorded(taken []store.Result, recorded []store.Recorded) {
+	if len(recorded) < len(taken) {
+		r.logStale(r.bgCtx, taken, recorded)
+	}
+}
+
+// ReturnResults puts back the results of an iteration that did not commit;
+// the next iteration, or the flusher if this process no longer leads,
+// records them.
+func (r *running) ReturnResults(taken []store.Result) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.pending = append(taken, r.pending...)
+	wake(r.flushWake)
+}
+
 // flushLoop records results in batches: while one transaction commits, the
 // next batch accumulates, so a busy worker writes many results per commit
-// and an idle one writes each at once.
+// and an idle one writes each at once. While this process leads, it leaves
+// the results that run no onComplete to the loop's iteration.
 func (r *running) flushLoop() {
 	defer close(r.flushDone)
 	stopping := false
@@ -661,11 +717,18 @@ func (r *running) flushLoop() {
 		}
 		for {
 			r.mu.Lock()
-			n := min(len(r.pending), flushBatch)
-			batch := append([]store.Result(nil), r.pending[:n]...)
-			r.pending = r.pending[n:]
+			loopTakes := !stopping && r.loopTakesResults()
+			var batch, kept []store.Result
+			for _, res := range r.pending {
+				if len(batch) < flushBatch && (res.OnComplete || !loopTakes) {
+					batch = append(batch, res)
+				} else {
+					kept = append(kept, res)
+				}
+			}
+			r.pending = kept
 			r.mu.Unlock()
-			if n == 0 {
+			if len(batch) == 0 {
 				break
 			}
 			r.flushWithRetry(batch)
