@@ -25,6 +25,9 @@ test: postgres
 fuzz:
 	$(GO) test -run='^$$' -fuzz='^FuzzRoundTrip$$' -fuzztime=$(FUZZTIME) ./segments/
 	$(GO) test -run='^$$' -fuzz='^FuzzBound$$' -fuzztime=$(FUZZTIME) ./segments/
+	$(GO) test -run='^$$' -fuzz='^FuzzDecodeArgs$$' -fuzztime=$(FUZZTIME) ./workpool/
+	$(GO) test -run='^$$' -fuzz='^FuzzDecodeCompletion$$' -fuzztime=$(FUZZTIME) ./workpool/
+	$(GO) test -run='^$$' -fuzz='^FuzzJSONHasNUL$$' -fuzztime=$(FUZZTIME) ./internal/store/
 
 ## demo: the quickstart example, end to end.
 demo: postgres
@@ -41,3 +44,7 @@ lint:
 	cd examples/bench && $(GO) vet ./...
 	$(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2 ./...
 	cd examples/bench && $(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2 ./...
+
+## test-faults: the fault suite of issue 7 (worker SIGKILLs, a Postgres restart, killed connections) on its own throwaway server.
+test-faults: postgres
+	$(GO) test -tags faults -count=1 -timeout 20m -v ./internal/faults/

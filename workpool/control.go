@@ -61,9 +61,7 @@ func (p *Pool) StatusBatch(ctx context.Context, ids []WorkID) ([]Status, error) 
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("pgworkpool: status: %w", err)
 	}
-	if err := p.ensure(ctx); err != nil {
-		return nil, err
-	}
+	// No p.ensure: a read must not create the pool's rows.
 	raw, err := p.store.Status(ctx, p.sqlDB, p.cfg.Name, toInt64(ids))
 	if err != nil {
 		return nil, p.wrapDBError("status", err)
@@ -108,8 +106,8 @@ func (p *Pool) CancelAll(ctx context.Context) (int, error) {
 	if err := ctx.Err(); err != nil {
 		return 0, fmt.Errorf("pgworkpool: cancel all: %w", err)
 	}
-	if err := p.ensure(ctx); err != nil {
-		return 0, err
+	if p.closed.Load() {
+		return 0, ErrPoolClosed
 	}
 	upTo, err := p.store.LastWorkID(ctx, p.sqlDB)
 	if err != nil {
@@ -141,9 +139,9 @@ func (p *Pool) cancel(ctx context.Context, ids []int64) (int, error) {
 	if p.closed.Load() {
 		return 0, ErrPoolClosed
 	}
-	if err := p.ensure(ctx); err != nil {
-		return 0, err
-	}
+	// No p.ensure: a cancel that records anything names work of this pool,
+	// whose enqueue created the pool's rows; one that names nothing must
+	// write nothing.
 	var n int
 	err := p.writeAndKick(ctx, "cancel", func(tx *sql.Tx) (bool, error) {
 		recorded, err := p.store.InsertCancelations(ctx, tx, p.cfg.Name, ids, p.keys.KickLock)

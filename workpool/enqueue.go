@@ -7,7 +7,6 @@ import (
 	"reflect"
 	"strconv"
 	"time"
-	"unicode/utf8"
 
 	"github.com/uptrace/bun"
 
@@ -76,6 +75,10 @@ func OnComplete[C, R any](h *OnCompleteHandler[C, R], value C) Option {
 		b, err := json.Marshal(value)
 		if err != nil {
 			o.onErr = fmt.Errorf("%w: onComplete context: %v", ErrNotEncodable, err)
+			return
+		}
+		if store.JSONHasNUL(b) {
+			o.onErr = fmt.Errorf("%w: onComplete context holds a NUL character, which Postgres cannot store", ErrNotEncodable)
 			return
 		}
 		o.onComplete, o.onCtx, o.onErr = h.h, b, nil
@@ -178,8 +181,8 @@ func (p *Pool) applyOptions(fn *funcInfo, o *enqueueOptions, w *store.NewWork) e
 		}
 		w.TimeoutMs = max(o.timeout.Milliseconds(), 1)
 	}
-	if !utf8.ValidString(o.label) || len(o.label) > 256 {
-		return fmt.Errorf("%w: Label must be valid UTF-8 of at most 256 bytes", ErrInvalidOption)
+	if !store.ValidText(o.label) || len(o.label) > 256 {
+		return fmt.Errorf("%w: Label must be valid UTF-8 without NUL, of at most 256 bytes", ErrInvalidOption)
 	}
 	retry := p.cfg.DefaultRetry
 	switch {
@@ -395,19 +398,34 @@ func (p *Pool) enqueuedEvents(ctx context.Context, w store.NewWork, ids []WorkID
 // querierOf unwraps a bun handle to its database/sql value so our
 // statements bypass bun's placeholder formatting and keep real parameters.
 func querierOf(db bun.IDB) (store.Querier, error) {
+	var q store.Querier
 	switch v := db.(type) {
 	case bun.Tx:
-		return v.Tx, nil
+		if v.Tx != nil {
+			q = v.Tx
+		}
 	case *bun.Tx:
-		return v.Tx, nil
+		if v != nil && v.Tx != nil {
+			q = v.Tx
+		}
 	case *bun.DB:
-		return v.DB, nil
+		if v != nil && v.DB != nil {
+			q = v.DB
+		}
 	case bun.Conn:
-		return v.Conn, nil
+		if v.Conn != nil {
+			q = v.Conn
+		}
 	case *bun.Conn:
-		return v.Conn, nil
-	case nil:
-		return nil, fmt.Errorf("%w: nil transaction", ErrUnsupportedDB)
+		if v != nil && v.Conn != nil {
+			q = v.Conn
+		}
+	default:
+		return nil, fmt.Errorf("%w: %T", ErrUnsupportedDB, db)
 	}
-	return nil, fmt.Errorf("%w: %T", ErrUnsupportedDB, db)
+	if q == nil {
+		// A nil or zero handle: using it would panic deep in database/sql.
+		return nil, fmt.Errorf("%w: nil %T", ErrUnsupportedDB, db)
+	}
+	return q, nil
 }

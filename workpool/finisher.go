@@ -2,7 +2,6 @@ package workpool
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
@@ -155,9 +154,12 @@ func (r *running) finishOnce(names []string) (int, error) {
 		n = len(rows)
 		items := make([]finishItem, 0, len(rows))
 		for _, f := range rows {
-			var sr storedResult
-			if err := json.Unmarshal([]byte(f.Result), &sr); err != nil {
-				return fmt.Errorf("decode stored result of %d: %w", f.WorkID, err)
+			sr, err := decodeStoredResult(f.Result)
+			if err != nil {
+				// Skip it rather than fail the batch: one bad row must not
+				// hold back the others. It stays finishing, visible.
+				p.log.Error(ctx, "finisher: cannot decode stored result", "work_id", f.WorkID, "error", err)
+				continue
 			}
 			items = append(items, finishItem{workID: f.WorkID, attempts: f.Attempts, onComplete: f.OnComplete,
 				context: f.Context, result: sr, finishAttempts: f.FinishAttempts})

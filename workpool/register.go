@@ -8,6 +8,8 @@ import (
 	"regexp"
 
 	"github.com/uptrace/bun"
+
+	"github.com/pgworkpool/pgworkpool/internal/store"
 )
 
 // Handle is a registered function, as returned by Register and
@@ -81,6 +83,9 @@ func Register[A, R any](p *Pool, name string, fn func(ctx context.Context, args 
 			if err != nil {
 				return nil, fmt.Errorf("%w: arguments of %q: %v", ErrNotEncodable, name, err)
 			}
+			if store.JSONHasNUL(b) {
+				return nil, fmt.Errorf("%w: arguments of %q hold a NUL character, which Postgres cannot store", ErrNotEncodable, name)
+			}
 			return b, nil
 		},
 		run: func(ctx context.Context, raw []byte) ([]byte, error) {
@@ -95,6 +100,10 @@ func Register[A, R any](p *Pool, name string, fn func(ctx context.Context, args 
 			b, err := json.Marshal(r)
 			if err != nil {
 				return nil, NonRetryable(fmt.Errorf("encode result of %q: %w", name, err))
+			}
+			if store.JSONHasNUL(b) {
+				// Retrying would compute the same value: fail for good.
+				return nil, NonRetryable(fmt.Errorf("result of %q holds a NUL character, which Postgres cannot store", name))
 			}
 			return b, nil
 		},
@@ -163,6 +172,19 @@ type storedResult struct {
 	Status string          `json:"status"`
 	Error  *string         `json:"error"`
 	Value  json.RawMessage `json:"value"`
+}
+
+// decodeStoredResult reads the result column of a finishing work row.
+func decodeStoredResult(raw string) (storedResult, error) {
+	var sr storedResult
+	if err := json.Unmarshal([]byte(raw), &sr); err != nil {
+		return storedResult{}, fmt.Errorf("decode stored result: %w", err)
+	}
+	switch ResultStatus(sr.Status) {
+	case Succeeded, Failed, Canceled:
+		return sr, nil
+	}
+	return storedResult{}, fmt.Errorf("decode stored result: unknown status %q", sr.Status)
 }
 
 type onCompleteInfo struct {

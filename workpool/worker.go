@@ -79,6 +79,19 @@ type running struct {
 	pending       []store.Result // results waiting to be flushed
 	released      []int64        // attempts given back on Stop
 	flushGiveUp   time.Time      // set when Stop begins: the last moment to retry a flush
+	// unrecorded counts the results of each attempt that this process
+	// holds and has not yet recorded (pending, in a flush, or taken by the
+	// loop's iteration): their running rows are not stranded.
+	unrecorded map[attemptKey]int
+	// strandSuspects are the claimed attempts the last heartbeat found
+	// that this process neither runs nor holds a result of. Seen twice in
+	// a row, a heartbeat interval apart, they are released: their claim
+	// committed but its answer never arrived.
+	strandSuspects map[attemptKey]bool
+	// claimDoubt is when a claim (ours or the loop's for us) last failed
+	// in a way that may have committed anyway; the heartbeat keeps
+	// checking for stranded claims for a while after it.
+	claimDoubt time.Time
 }
 
 // attemptKey identifies one attempt. The same work can have two attempts in
@@ -166,6 +179,7 @@ func (p *Pool) Start(ctx context.Context) error {
 		beatDone:   make(chan struct{}),
 		driverDone: make(chan struct{}),
 		inflight:   map[attemptKey]*attempt{},
+		unrecorded: map[attemptKey]int{},
 		jobs:       make(chan *attempt, p.cfg.Workers),
 	}
 	r.idle = sync.NewCond(&r.mu)
@@ -366,6 +380,9 @@ func (r *running) claimAll() error {
 		limit := min(free, p.cfg.ClaimBatch)
 		claimed, err := r.claim(fns, limit, beat)
 		if err != nil {
+			r.mu.Lock()
+			r.claimDoubt = time.Now()
+			r.mu.Unlock()
 			return err
 		}
 		r.mu.Lock()
@@ -429,6 +446,9 @@ func (r *running) Unreserve(claim store.LocalClaim) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.reserved -= claim.Slots
+	if claim.Slots > 0 {
+		r.claimDoubt = time.Now() // the commit may have succeeded unseen
+	}
 	if claim.Slots > 0 && r.dirty && !r.stopping {
 		wake(r.claimWake)
 	}
@@ -504,7 +524,7 @@ func (r *running) execute(a *attempt) bool {
 		case timedOut:
 			res.Status, res.Error = "failed", recovery.ReasonTimedOut
 		default:
-			res.Status, res.Error, res.NonRetryable = "failed", err.Error(), IsNonRetryable(err)
+			res.Status, res.Error, res.NonRetryable = "failed", store.StorableText(err.Error()), IsNonRetryable(err)
 		}
 	}
 	r.done(a, &res, false)
@@ -562,6 +582,7 @@ func (r *running) done(a *attempt, res *store.Result, release bool) {
 		r.released = append(r.released, a.key.workID)
 	case res != nil:
 		r.pending = append(r.pending, *res)
+		r.unrecorded[a.key]++
 		if !res.OnComplete && r.loopTakesResults() {
 			r.driver.Kick() // the next iteration records it
 		} else {
@@ -641,18 +662,82 @@ func (r *running) heartbeatLoop() {
 		case <-t.C:
 		}
 		r.mu.Lock()
-		busy := len(r.inflight) > 0 || len(r.pending) > 0
+		busy := len(r.inflight) > 0 || len(r.unrecorded) > 0 || len(r.strandSuspects) > 0 ||
+			time.Since(r.claimDoubt) < 3*p.cfg.HeartbeatInterval
 		r.mu.Unlock()
 		if !busy {
 			continue
 		}
-		if err := p.store.Heartbeat(r.bgCtx, p.sqlDB, r.workerID); err != nil {
+		claimed, err := p.store.Heartbeat(r.bgCtx, p.sqlDB, p.cfg.Name, r.workerID)
+		if err != nil {
 			p.log.Warn(r.bgCtx, "worker: heartbeat failed", "error", err)
 			continue
 		}
 		r.mu.Lock()
 		r.lastHeartbeat = time.Now()
+		stranded := r.findStranded(claimed)
 		r.mu.Unlock()
+		if len(stranded) > 0 {
+			r.releaseStranded(stranded)
+		}
+	}
+}
+
+// findStranded compares the attempts the database says this process
+// claimed with those it runs or holds results of; r.mu is held. A claim
+// whose answer was lost (the connection broke after the server committed)
+// would otherwise hold a global slot, unrun, until its deadline: this
+// process heartbeats, so recovery never declares it lost. An attempt must
+// be seen twice, a heartbeat interval apart, because a claim that just
+// committed may not have reached this process yet.
+func (r *running) findStranded(claimed []store.ClaimedAttempt) []store.ClaimedAttempt {
+	released := make(map[int64]bool, len(r.released))
+	for _, id := range r.released {
+		released[id] = true
+	}
+	var stranded []store.ClaimedAttempt
+	suspects := map[attemptKey]bool{}
+	for _, c := range claimed {
+		key := attemptKey{c.WorkID, c.Attempt}
+		if r.inflight[key] != nil || r.unrecorded[key] > 0 || released[c.WorkID] {
+			continue
+		}
+		if r.strandSuspects[key] {
+			stranded = append(stranded, c)
+		} else {
+			suspects[key] = true
+		}
+	}
+	r.strandSuspects = suspects
+	return stranded
+}
+
+// releaseStranded gives stranded claims back so that a worker claims them.
+func (r *running) releaseStranded(stranded []store.ClaimedAttempt) {
+	p := r.p
+	ids, err := p.store.ReleaseStranded(r.bgCtx, p.sqlDB, p.cfg.Name, r.workerID, stranded)
+	if err != nil {
+		p.log.Warn(r.bgCtx, "worker: cannot release stranded claims", "error", err)
+		return
+	}
+	if len(ids) == 0 {
+		return
+	}
+	p.log.Warn(r.bgCtx, "worker: released claimed work this process never received (a claim's answer was lost)", "work_ids", ids)
+	if err := p.store.Notify(r.bgCtx, p.sqlDB, p.keys.Channel, string(store.SignalStart)); err != nil {
+		p.log.Warn(r.bgCtx, "worker: cannot signal released work", "error", err)
+	}
+	wake(r.claimWake)
+}
+
+// forgetResults drops results from unrecorded once they were recorded or
+// given up; r.mu is held.
+func (r *running) forgetResults(results []store.Result) {
+	for _, res := range results {
+		key := attemptKey{res.WorkID, res.Attempt}
+		if r.unrecorded[key]--; r.unrecorded[key] <= 0 {
+			delete(r.unrecorded, key)
+		}
 	}
 }
 
@@ -685,6 +770,9 @@ func (r *running) TakeResults(limit int) []store.Result {
 
 // ResultsRecorded logs the taken results that the attempt fence rejected.
 func (r *running) ResultsRecorded(taken []store.Result, recorded []store.Recorded) {
+	r.mu.Lock()
+	r.forgetResults(taken)
+	r.mu.Unlock()
 	if len(recorded) < len(taken) {
 		r.logStale(r.bgCtx, taken, recorded)
 	}
@@ -745,6 +833,11 @@ func (r *running) flushLoop() {
 // them after the lease.
 func (r *running) flushWithRetry(batch []store.Result) {
 	p := r.p
+	defer func() {
+		r.mu.Lock()
+		r.forgetResults(batch)
+		r.mu.Unlock()
+	}()
 	backoff := 50 * time.Millisecond
 	for {
 		r.mu.Lock()

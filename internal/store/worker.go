@@ -14,7 +14,17 @@ import (
 func init() {
 	register("registerWorker", `
 INSERT INTO {s}.workers (pool, host, pid) VALUES ($1, $2, $3) RETURNING id`)
-	register("heartbeat", `UPDATE {s}.workers SET heartbeat_at = now() WHERE id = $1`)
+	// heartbeat extends the lease and lists the attempts claimed by the
+	// worker that have not reported: the worker compares them with what it
+	// runs, to find claims whose commit succeeded while their answer was
+	// lost (a broken connection after the server committed).
+	register("heartbeat", `
+WITH hb AS (
+    UPDATE {s}.workers SET heartbeat_at = now() WHERE id = $1
+)
+SELECT r.work_id, r.attempt FROM {s}.running r
+ WHERE r.pool = $2 AND r.claimed_by = $1
+   AND EXISTS (SELECT 1 FROM {s}.work w WHERE w.id = r.work_id AND w.attempts = r.attempt AND w.result IS NULL)`)
 	register("deregisterWorker", `DELETE FROM {s}.workers WHERE id = $1`)
 
 	// The heartbeat rides along with a claim when it is due, so that a
@@ -120,6 +130,16 @@ SELECT EXTRACT(epoch FROM min(finish_after) - now()) * 1000
 UPDATE {s}.running SET claimed_by = NULL, claimed_at = NULL, deadline = NULL
  WHERE pool = $1 AND claimed_by = $2 AND work_id = ANY($3::bigint[])`)
 
+	// releaseStranded un-claims attempts of the worker that it does not
+	// run, unless they reported meanwhile (the attempt fence of
+	// recordResults), so another worker claims them.
+	register("releaseStranded", `
+UPDATE {s}.running r SET claimed_by = NULL, claimed_at = NULL, deadline = NULL
+  FROM unnest($3::bigint[], $4::int[]) AS u(work_id, attempt)
+ WHERE r.pool = $1 AND r.claimed_by = $2 AND r.work_id = u.work_id AND r.attempt = u.attempt
+   AND EXISTS (SELECT 1 FROM {s}.work w WHERE w.id = r.work_id AND w.attempts = r.attempt AND w.result IS NULL)
+RETURNING r.work_id`)
+
 	register("canceledAmong", `
 SELECT id FROM {s}.work WHERE id = ANY($1::bigint[]) AND canceled`)
 }
@@ -133,10 +153,37 @@ func (s *Store) RegisterWorker(ctx context.Context, q Querier, pool, host string
 	return id, nil
 }
 
-// Heartbeat extends a worker's lease.
-func (s *Store) Heartbeat(ctx context.Context, q Querier, workerID int64) error {
-	_, err := q.ExecContext(ctx, s.sql("heartbeat"), workerID)
-	return err
+// ClaimedAttempt is an attempt claimed by a worker that has not reported.
+type ClaimedAttempt struct {
+	WorkID  int64
+	Attempt int
+}
+
+// Heartbeat extends a worker's lease and returns the attempts it holds
+// claimed that have not reported.
+func (s *Store) Heartbeat(ctx context.Context, q Querier, pool string, workerID int64) ([]ClaimedAttempt, error) {
+	var out []ClaimedAttempt
+	err := Run(ctx, q, s.op("heartbeat", func(r Row) error {
+		var c ClaimedAttempt
+		if err := r.Scan(&c.WorkID, &c.Attempt); err != nil {
+			return err
+		}
+		out = append(out, c)
+		return nil
+	}, workerID, pool))
+	return out, err
+}
+
+// ReleaseStranded un-claims the given attempts of workerID that have not
+// reported and returns the work ids it released.
+func (s *Store) ReleaseStranded(ctx context.Context, q Querier, pool string, workerID int64, attempts []ClaimedAttempt) ([]int64, error) {
+	ids, nums := make([]int64, len(attempts)), make([]int32, len(attempts))
+	for i, a := range attempts {
+		ids[i], nums[i] = a.WorkID, int32(a.Attempt)
+	}
+	var out []int64
+	err := Run(ctx, q, s.op("releaseStranded", scanIDs(&out), pool, workerID, ids, nums))
+	return out, err
 }
 
 // DeregisterWorker removes a worker row on a clean stop.
@@ -221,7 +268,7 @@ func (s *Store) RecordResultsOp(pool string, results []Result, kickLock int64, o
 	errs, nonRetry, values, runMs := make([]string, n), make([]bool, n), make([]string, n), make([]int64, n)
 	for i, r := range results {
 		ids[i], attempts[i], statuses[i] = r.WorkID, int32(r.Attempt), r.Status
-		errs[i], nonRetry[i], values[i], runMs[i] = r.Error, r.NonRetryable, r.Value, r.RunMs
+		errs[i], nonRetry[i], values[i], runMs[i] = StorableText(r.Error), r.NonRetryable, r.Value, r.RunMs
 	}
 	return s.op("recordResults", func(r Row) error {
 		var rec Recorded
@@ -252,7 +299,7 @@ func (s *Store) FinishDelete(ctx context.Context, q Querier, ids []int64) error 
 // FinishFailed records a failed onComplete attempt. After maxAttempts the
 // row keeps its result and error but is no longer retried (gaveUp).
 func (s *Store) FinishFailed(ctx context.Context, q Querier, workID int64, errText string, maxAttempts int, backoff time.Duration) (attempts int, gaveUp bool, err error) {
-	err = q.QueryRowContext(ctx, s.sql("finishFailed"), workID, errText, maxAttempts, backoff.Milliseconds()).Scan(&attempts, &gaveUp)
+	err = q.QueryRowContext(ctx, s.sql("finishFailed"), workID, StorableText(errText), maxAttempts, backoff.Milliseconds()).Scan(&attempts, &gaveUp)
 	return attempts, gaveUp, err
 }
 
