@@ -63,6 +63,10 @@ type options struct {
 	settle        time.Duration
 	riverCooldown time.Duration
 	riverPoll     time.Duration
+	// wpCooldown and wpPoll set our Config.Cooldown and PollInterval;
+	// zero keeps the library defaults.
+	wpCooldown time.Duration
+	wpPoll     time.Duration
 }
 
 // modeDefaults are the values a mode uses for flags left unset.
@@ -98,6 +102,8 @@ func parseFlags(args []string, errOut io.Writer) (options, error) {
 	fs.DurationVar(&o.settle, "settle", 12*time.Second, "idle mode: wait after start before the window (Postgres 15 flushes an idle backend's pending statistics up to 10 s late)")
 	fs.DurationVar(&o.riverCooldown, "river-cooldown", 0, "override River's FetchCooldown")
 	fs.DurationVar(&o.riverPoll, "river-poll", 0, "override River's FetchPollInterval")
+	fs.DurationVar(&o.wpCooldown, "cooldown", 0, "pgworkpool only: Config.Cooldown, how long the loop keeps polling after activity before it goes idle (default: the library's, 0)")
+	fs.DurationVar(&o.wpPoll, "poll-interval", 0, "pgworkpool only: Config.PollInterval, the polling period during a cooldown (default: the library's, 20ms)")
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
@@ -120,6 +126,10 @@ func parseFlags(args []string, errOut io.Writer) (options, error) {
 	}
 	if o.seconds == 0 {
 		o.seconds = d.seconds
+	}
+	if o.wpCooldown < 0 || o.wpPoll < 0 {
+		fmt.Fprintln(errOut, "-cooldown and -poll-interval must not be negative")
+		return o, fmt.Errorf("bad flags")
 	}
 	if o.n < 0 || o.parallelism < 1 || o.producers < 1 || o.seconds < 0 || o.conns < 2 || o.repeat < 1 {
 		fmt.Fprintln(errOut, "-n, -parallelism, -producers, -seconds, -conns and -repeat must be positive")

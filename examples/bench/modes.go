@@ -86,7 +86,7 @@ func (e *env) newSystem(ctx context.Context, name string, connCfg *pgx.ConnConfi
 	if name == sysRiver {
 		return newRiverSystem(ctx, connCfg, e.o.conns, e.riverSettingsFor(), e.log)
 	}
-	return newWPSystem(connCfg, e.o.conns, e.log), nil
+	return newWPSystem(connCfg, e.o.conns, e.o.wpCooldown, e.o.wpPoll, e.log), nil
 }
 
 // runSystem runs the mode for one system, from a fresh schema to its drop.

@@ -74,13 +74,16 @@ type wpSystem struct {
 	db    *bun.DB
 	conns int
 	log   *logSink
+	// cooldown and poll are Config.Cooldown and PollInterval (zero: the
+	// library's defaults).
+	cooldown, poll time.Duration
 }
 
-func newWPSystem(connCfg *pgx.ConnConfig, conns int, log *logSink) *wpSystem {
+func newWPSystem(connCfg *pgx.ConnConfig, conns int, cooldown, poll time.Duration, log *logSink) *wpSystem {
 	sqlDB := stdlib.OpenDB(*connCfg)
 	sqlDB.SetMaxOpenConns(conns)
 	sqlDB.SetMaxIdleConns(conns)
-	return &wpSystem{db: bun.NewDB(sqlDB, pgdialect.New()), conns: conns, log: log}
+	return &wpSystem{db: bun.NewDB(sqlDB, pgdialect.New()), conns: conns, log: log, cooldown: cooldown, poll: poll}
 }
 
 func (s *wpSystem) name() string { return sysPgworkpool }
@@ -108,7 +111,15 @@ func (s *wpSystem) remaining(ctx context.Context) (int64, error) {
 }
 
 func (s *wpSystem) settings(parallelism int) string {
-	return fmt.Sprintf("MaxParallelism=%d Workers=%d, other fields default; database/sql max %d connections", parallelism, parallelism, s.conns)
+	other := "other fields default"
+	if s.cooldown != 0 || s.poll != 0 {
+		cd, poll := s.cooldown, s.poll
+		if poll == 0 {
+			poll = workpool.PollIntervalDefault
+		}
+		other = fmt.Sprintf("Cooldown=%v PollInterval=%v, other fields default", cd, poll)
+	}
+	return fmt.Sprintf("MaxParallelism=%d Workers=%d, %s; database/sql max %d connections", parallelism, parallelism, other, s.conns)
 }
 
 func (s *wpSystem) close() { _ = s.db.Close() }
@@ -119,6 +130,8 @@ func (s *wpSystem) open(_ context.Context, t *tracker, parallelism int) (instanc
 		Schema:         schemaPgworkpool,
 		MaxParallelism: parallelism,
 		Workers:        parallelism,
+		Cooldown:       s.cooldown,
+		PollInterval:   s.poll,
 		Logger:         slog.New(s.log.handler(sysPgworkpool)),
 	})
 	if err != nil {
