@@ -140,7 +140,10 @@ type Config struct {
 	// ClaimBatchDefault.
 	ClaimBatch int
 	// HeartbeatInterval is how often a process that holds work refreshes
-	// its lease. Default HeartbeatIntervalDefault.
+	// its lease. The heartbeat also lists the work claimed in the process's
+	// name, so that a claim whose answer was lost on a broken connection is
+	// given back within two intervals instead of holding a slot until its
+	// deadline. Default HeartbeatIntervalDefault.
 	HeartbeatInterval time.Duration
 	// Lease is how long a process may miss heartbeats before recovery
 	// retries its work elsewhere. Default LeaseDefault.

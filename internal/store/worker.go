@@ -59,21 +59,23 @@ WITH r AS (
         AS r(work_id, attempt, status, error, nonretryable, value, run_ms)
 ), cls AS (
     SELECT r.work_id, r.attempt, r.run_ms, NULLIF(r.error, '') AS error, NULLIF(r.value, '') AS value,
-           w.wctid, w.has_on_complete,
+           w.has_on_complete,
            (r.status = 'failed' AND NOT r.nonretryable AND NOT w.canceled
                 AND w.attempts + 1 < w.max_attempts) AS retry,
            CASE WHEN r.status = 'failed' AND w.canceled THEN 'canceled' ELSE r.status END AS status
       FROM r CROSS JOIN LATERAL (
-               SELECT ctid AS wctid, on_complete IS NOT NULL AS has_on_complete, canceled, attempts, max_attempts
+               SELECT on_complete IS NOT NULL AS has_on_complete, canceled, attempts, max_attempts
                  FROM {s}.work
                 WHERE id = r.work_id AND pool = $1 AND attempts = r.attempt AND result IS NULL
                 LIMIT 1) w
 ), del AS (
-    -- By ctid: the row was just found through the index; under READ
-    -- COMMITTED a concurrent update moves the row, the recheck fails on
-    -- ctid or attempts, and the stale result is skipped.
+    -- By id, not by ctid: under READ COMMITTED a concurrent update (a
+    -- cancel marking the row) gives the row a new ctid, and a recheck on
+    -- the old one would drop a valid result as stale, leaving its work
+    -- claimed and unfinished. The recheck on attempts and result is the
+    -- fence against a competing result.
     DELETE FROM {s}.work w USING cls
-     WHERE w.ctid = cls.wctid AND w.attempts = cls.attempt AND w.result IS NULL
+     WHERE w.id = cls.work_id AND w.attempts = cls.attempt AND w.result IS NULL
        AND NOT cls.retry AND NOT cls.has_on_complete
     RETURNING w.id, w.attempts + 1 AS attempts, cls.attempt, cls.status, cls.error, cls.retry, cls.run_ms,
               NULL::text AS on_complete, NULL::jsonb AS ctx
@@ -84,7 +86,7 @@ WITH r AS (
                     ELSE jsonb_build_object('status', cls.status, 'error', cls.error, 'value', cls.value::jsonb) END,
            finish_after = CASE WHEN cls.retry THEN NULL ELSE now() END
       FROM cls
-     WHERE w.ctid = cls.wctid AND w.attempts = cls.attempt AND w.result IS NULL
+     WHERE w.id = cls.work_id AND w.attempts = cls.attempt AND w.result IS NULL
        AND (cls.retry OR cls.has_on_complete)
     RETURNING w.id, w.attempts, cls.attempt, cls.status, cls.error, cls.retry, cls.run_ms,
               CASE WHEN cls.retry THEN NULL ELSE w.on_complete END AS on_complete,
