@@ -45,8 +45,14 @@ lint:
 	$(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2 ./...
 	$(GO) vet -tags faults ./internal/faults/
 	$(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2 -tags faults ./internal/faults/
+	$(GO) vet -tags soak ./internal/soak/
+	$(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2 -tags soak ./internal/soak/
 	cd examples/bench && $(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2 ./...
 
 ## test-faults: the fault suite of issue 7 (worker SIGKILLs, a Postgres restart, killed connections) on its own throwaway server.
 test-faults: postgres
 	$(GO) test -tags faults -count=1 -timeout 20m -v ./internal/faults/
+
+## soak: mixed load for SOAK_DURATION (default 10m) on two pools; heap, goroutines and table sizes must stay flat, and everything drains.
+soak: postgres
+	$(PGRUN) -- $(GO) test -tags soak -count=1 -timeout 40m -v -run TestSoak ./internal/soak/
