@@ -134,9 +134,10 @@ ON CONFLICT (backend_pid) DO UPDATE SET os_pid = EXCLUDED.os_pid, app = EXCLUDED
 	return bun.NewDB(sqlDB, pgdialect.New()), nil
 }
 
-// persist runs f until it succeeds, for the handler's own bookkeeping: a
-// failed write to the runs table must not turn into a failed attempt while
-// the server restarts or a connection is killed.
+// persist runs f until it succeeds or a minute passed, for the handlers'
+// bookkeeping and the parent's statements: a failed write must not turn
+// into a failed attempt or a failed test while the server restarts or a
+// connection is killed.
 func persist(ctx context.Context, f func(ctx context.Context) error) error {
 	backoff := 20 * time.Millisecond
 	giveUp := time.Now().Add(time.Minute)
@@ -427,21 +428,6 @@ func (w *workers) killAll() {
 			_ = c.cmd.Process.Kill()
 			<-c.exited
 		}
-	}
-}
-
-// retry runs f until it succeeds or a minute passed, for the parent's
-// statements during the faults.
-func retry(ctx context.Context, f func(ctx context.Context) error) error {
-	backoff := 50 * time.Millisecond
-	giveUp := time.Now().Add(time.Minute)
-	for {
-		err := f(ctx)
-		if err == nil || ctx.Err() != nil || time.Now().After(giveUp) {
-			return err
-		}
-		time.Sleep(backoff)
-		backoff = min(2*backoff, time.Second)
 	}
 }
 
@@ -887,7 +873,7 @@ func enqueueChunk(ctx context.Context, db *bun.DB, pool *workpool.Pool, fn *work
 		args[i] = p.item
 		ns[i], kinds[i], ms[i] = int32(p.N), p.Kind, int32(p.Ms)
 	}
-	err := retry(ctx, func(ctx context.Context) error {
+	err := persist(ctx, func(ctx context.Context) error {
 		var have int
 		if err := db.DB.QueryRowContext(ctx, `SELECT count(*) FROM app.items WHERE item BETWEEN $1 AND $2`, lo, hi).Scan(&have); err != nil {
 			return err
@@ -937,7 +923,7 @@ SELECT * FROM unnest($1::int[], $2::bigint[], $3::text[], $4::int[])`, ns, workI
 // cancelItem records when the cancel was asked for (before asking) and
 // cancels the item.
 func cancelItem(ctx context.Context, db *bun.DB, pool *workpool.Pool, p planned) error {
-	return retry(ctx, func(ctx context.Context) error {
+	return persist(ctx, func(ctx context.Context) error {
 		if _, err := db.DB.ExecContext(ctx, `UPDATE app.items SET cancel_requested_at = clock_timestamp() WHERE item = $1 AND cancel_requested_at IS NULL`, p.N); err != nil {
 			return err
 		}
@@ -949,7 +935,7 @@ func cancelItem(ctx context.Context, db *bun.DB, pool *workpool.Pool, p planned)
 func killListeners(db *bun.DB, keys store.Keys, tl *timeline, count *atomic.Int64) error {
 	ctx := context.Background()
 	var killed int
-	err := retry(ctx, func(ctx context.Context) error {
+	err := persist(ctx, func(ctx context.Context) error {
 		return db.DB.QueryRowContext(ctx, `SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = $1`,
 			keys.Channel).Scan(&killed)
 	})

@@ -270,15 +270,24 @@ sampling:
 
 	// Drain: everything ends, then the pending tables are empty.
 	drainStart := time.Now()
+	lastLog := drainStart
 	for {
 		var left int64
-		if err := db.DB.QueryRowContext(ctx, "SELECT (SELECT count(*) FROM "+schema+".work) + (SELECT count(*) FROM "+schema+
-			".pending_start) + (SELECT count(*) FROM "+schema+".pending_completion) + (SELECT count(*) FROM "+schema+
-			".pending_cancelation) + (SELECT count(*) FROM "+schema+".running)").Scan(&left); err != nil {
+		var detail string
+		if err := db.DB.QueryRowContext(ctx, fmt.Sprintf(`SELECT a + b + c + d + e, format('work %%s (finishing %%s), pending_start %%s (due %%s), pending_completion %%s, pending_cancelation %%s, running %%s', a, f, b, g, c, d, e)
+  FROM (SELECT (SELECT count(*) FROM %[1]s.work) a, (SELECT count(*) FROM %[1]s.pending_start) b,
+               (SELECT count(*) FROM %[1]s.pending_completion) c, (SELECT count(*) FROM %[1]s.pending_cancelation) d,
+               (SELECT count(*) FROM %[1]s.running) e, (SELECT count(*) FROM %[1]s.work WHERE result IS NOT NULL) f,
+               (SELECT count(*) FROM %[1]s.pending_start WHERE segment <= floor(extract(epoch FROM now()) * 10)::bigint) g) x`, schema)).
+			Scan(&left, &detail); err != nil {
 			t.Fatal(err)
 		}
 		if left == 0 {
 			break
+		}
+		if time.Since(lastLog) > time.Second {
+			t.Logf("draining: %s", detail)
+			lastLog = time.Now()
 		}
 		if time.Since(drainStart) > 2*time.Minute {
 			t.Fatalf("%d rows left in work and the pending tables 2 minutes after the load stopped", left)
