@@ -55,4 +55,4 @@ test-faults: postgres
 
 ## soak: mixed load for SOAK_DURATION (default 10m) on two pools; heap, goroutines and table sizes must stay flat, and everything drains.
 soak: postgres
-	$(PGRUN) -- $(GO) test -tags soak -count=1 -timeout 40m -v -run TestSoak ./internal/soak/
+	$(PGRUN) -- $(GO) test -tags soak -count=1 -timeout 30m -v -run TestSoak ./internal/soak/

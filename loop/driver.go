@@ -200,7 +200,8 @@ func (d *Driver) handle(ctx context.Context, conn *pgx.Conn, n *pgconn.Notificat
 	if strings.IndexByte(payload, store.SignalKick) >= 0 {
 		if d.leader.Load() {
 			d.Kick()
-		} else if err := d.tryLead(ctx, conn); err != nil {
+		} else if err := d.tryLead(ctx, conn); err != nil && ctx.Err() == nil {
+			// A canceled ctx is Stop, not a failure.
 			d.cfg.Logger.Warn(ctx, "loop: leadership attempt failed", "error", err)
 		}
 		payload = strings.ReplaceAll(payload, string(store.SignalKick), "")
@@ -311,7 +312,9 @@ func (d *Driver) iterateUntilQuiet(ctx context.Context, generation int64) (int64
 		if generation < 0 {
 			g, err := lp.cfg.Store.ReadGeneration(ctx, lp.cfg.DB, lp.cfg.Pool)
 			if err != nil {
-				log.Warn(ctx, "loop: cannot read generation", "error", err)
+				if ctx.Err() == nil { // a canceled ctx is Stop, not a failure
+					log.Warn(ctx, "loop: cannot read generation", "error", err)
+				}
 				d.wait(ctx, errBackoff)
 				errBackoff = min(2*errBackoff, d.cfg.ReconnectBackoffMax)
 				continue
