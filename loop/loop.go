@@ -683,15 +683,15 @@ func (l *Loop) decide(ctx context.Context, conn *sql.Conn, it *iteration) error 
 	s, pool := l.cfg.Store, l.cfg.Pool
 	var locked bool
 	var p store.Pending
-	if err := store.Pipeline(ctx, conn, s.TryKickLockOp(l.keys.KickLock, &locked)); err != nil {
+	// One round trip: the recheck is a later statement than the try-lock,
+	// so its snapshot is taken after the lock was granted (see the package
+	// doc); when the lock was refused its result is not used.
+	if err := store.Pipeline(ctx, conn, s.TryKickLockOp(l.keys.KickLock, &locked), s.RecheckOp(pool, &p)); err != nil {
 		return err
 	}
 	if !locked {
 		it.out.Next, it.out.Delay = NextPoll, 0 // a producer is in flight; the driver backs off
 		return nil
-	}
-	if err := store.Pipeline(ctx, conn, s.RecheckOp(pool, &p)); err != nil {
-		return err
 	}
 	now := p.NowSegment
 	capacity := it.st.MaxParallelism - it.running
