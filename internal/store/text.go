@@ -8,10 +8,10 @@ import (
 // StorableText returns s as Postgres text can hold it. Error texts come from
 // user code and may carry NUL bytes or invalid UTF-8, which Postgres rejects:
 // one such text would fail the whole statement that records a batch of
-// results, and with it every other result in the batch. Each offending byte
-// becomes U+FFFD, so the text stays readable.
+// results, and with it every other result in the batch. Each NUL byte and
+// each run of invalid UTF-8 becomes U+FFFD, so the text stays readable.
 func StorableText(s string) string {
-	if utf8.ValidString(s) && !strings.Contains(s, "\x00") {
+	if ValidText(s) {
 		return s
 	}
 	return strings.ReplaceAll(strings.ToValidUTF8(s, "\uFFFD"), "\x00", "\uFFFD")

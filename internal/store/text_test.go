@@ -2,6 +2,7 @@ package store
 
 import (
 	"encoding/json"
+	"strings"
 	"testing"
 	"unicode/utf8"
 
@@ -55,7 +56,7 @@ func FuzzJSONHasNUL(f *testing.F) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		want := containsNUL(key) || containsNUL(value)
+		want := strings.Contains(key, "\x00") || strings.Contains(value, "\x00")
 		if got := JSONHasNUL(b); got != want {
 			t.Fatalf("JSONHasNUL(%s) = %v, want %v", b, got, want)
 		}
@@ -67,13 +68,4 @@ func FuzzJSONHasNUL(f *testing.F) {
 			t.Fatalf("StorableText changed storable text %q to %q", value, s)
 		}
 	})
-}
-
-func containsNUL(s string) bool {
-	for i := 0; i < len(s); i++ {
-		if s[i] == 0 {
-			return true
-		}
-	}
-	return false
 }
