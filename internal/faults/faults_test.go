@@ -1308,28 +1308,9 @@ func diagnose(t *testing.T, db *bun.DB, w *workers) {
 	q, err := readQuiet(ctx, db)
 	t.Logf("pool tables: %+v (err %v)", q, err)
 	dump := func(title, query string) {
-		rows, err := db.DB.QueryContext(ctx, query)
+		out, err := pgtest.QueryLines(ctx, db.DB, query)
 		if err != nil {
 			t.Logf("%s: %v", title, err)
-			return
-		}
-		defer rows.Close()
-		cols, _ := rows.Columns()
-		var out []string
-		for rows.Next() {
-			vals := make([]any, len(cols))
-			ptrs := make([]any, len(cols))
-			for i := range vals {
-				ptrs[i] = &vals[i]
-			}
-			if err := rows.Scan(ptrs...); err != nil {
-				break
-			}
-			var parts []string
-			for i, c := range cols {
-				parts = append(parts, fmt.Sprintf("%s=%v", c, vals[i]))
-			}
-			out = append(out, strings.Join(parts, " "))
 		}
 		t.Logf("%s (%d rows):\n  %s", title, len(out), strings.Join(out, "\n  "))
 	}

@@ -268,3 +268,15 @@ func procsUsing(t *testing.T, dir string) []string {
 	}
 	return pids
 }
+
+func TestQueryLines(t *testing.T) {
+	bdb, _ := NewSchema(t)
+	ctx := context.Background()
+	lines, err := QueryLines(ctx, bdb.DB, "SELECT 1 AS a, 'x' AS b UNION ALL SELECT 2, NULL ORDER BY a")
+	require.NoError(t, err)
+	assert.Equal(t, []string{"a=1 b=x", "a=2 b=<nil>"}, lines)
+
+	lines, err = QueryLines(ctx, bdb.DB, "SELECT * FROM no_such_table")
+	require.Error(t, err)
+	assert.Empty(t, lines)
+}

@@ -834,28 +834,13 @@ func checkFlat(t *testing.T, samples []sample, warm int) flat {
 func diagnose(ctx context.Context, db *bun.DB, schema string) string {
 	var b strings.Builder
 	dump := func(title, query string) {
-		rows, err := db.DB.QueryContext(ctx, query)
+		out, err := pgtest.QueryLines(ctx, db.DB, query)
 		if err != nil {
 			fmt.Fprintf(&b, "%s: %v\n", title, err)
-			return
 		}
-		defer rows.Close()
-		cols, _ := rows.Columns()
 		fmt.Fprintf(&b, "%s:\n", title)
-		for rows.Next() {
-			vals := make([]any, len(cols))
-			ptrs := make([]any, len(cols))
-			for i := range vals {
-				ptrs[i] = &vals[i]
-			}
-			if err := rows.Scan(ptrs...); err != nil {
-				break
-			}
-			var parts []string
-			for i, c := range cols {
-				parts = append(parts, fmt.Sprintf("%s=%v", c, vals[i]))
-			}
-			fmt.Fprintf(&b, "  %s\n", strings.Join(parts, " "))
+		for _, line := range out {
+			fmt.Fprintf(&b, "  %s\n", line)
 		}
 	}
 	dump("internal_state", "SELECT * FROM "+schema+".internal_state")
