@@ -1,23 +1,17 @@
 package loop_test
 
 import (
-	"context"
 	"database/sql"
 	"fmt"
 	"log/slog"
 	"os"
 	"slices"
 	"strconv"
-	"strings"
 	"testing"
 	"time"
 
-	"github.com/uptrace/bun"
-
-	"github.com/pgworkpool/pgworkpool/internal/pgtest"
 	"github.com/pgworkpool/pgworkpool/internal/store"
 	"github.com/pgworkpool/pgworkpool/loop"
-	"github.com/pgworkpool/pgworkpool/migrations"
 	"github.com/pgworkpool/pgworkpool/stats"
 )
 
@@ -50,32 +44,18 @@ const (
 	benchRatioRounds = 30
 )
 
-// benchPool is one pool in a fresh schema, driven by hand like harness but
-// for benchmarks (harness needs a *testing.T).
+// benchPool is a poolSchema driven by hand like harness, keeping the
+// generation itself so that an op pays for nothing but Loop.Main.
 type benchPool struct {
-	b          *testing.B
-	ctx        context.Context
-	db         *bun.DB
-	sqlDB      *sql.DB
-	schema     string
-	st         *store.Store
+	*poolSchema
 	loop       *loop.Loop
 	keys       store.Keys
-	logs       *logBuffer
 	generation int64
 }
 
 func newBenchPool(b *testing.B, futureRows int) *benchPool {
 	b.Helper()
-	db, schema := pgtest.NewSchema(b)
-	ctx := context.Background()
-	if _, err := migrations.Migrate(ctx, db, migrations.WithSchema(schema)); err != nil {
-		b.Fatal(err)
-	}
-	p := &benchPool{b: b, ctx: ctx, db: db, sqlDB: db.DB, schema: schema, st: store.New(schema), logs: &logBuffer{}}
-	if err := p.st.EnsurePool(ctx, p.sqlDB, pool, 10); err != nil {
-		b.Fatal(err)
-	}
+	p := &benchPool{poolSchema: newPoolSchema(b)}
 	// No limit worth the name: the op measures how fast the loop moves a
 	// batch, not the cap.
 	p.exec("UPDATE {s}.config SET max_parallelism = 1000000")
@@ -90,7 +70,7 @@ func newBenchPool(b *testing.B, futureRows int) *benchPool {
 			RETURNING id)
 			INSERT INTO {s}.pending_start (work_id, pool, segment, fn_name, attempt, timeout_ms)
 			SELECT id, ?, `+store.NowSegment+` + 864000 + id % 36000, 'fn', 0, 60000 FROM w`, pool, futureRows, pool)
-		b.Logf("%s: inserted %d future work + pending_start rows in %v", schema, futureRows, time.Since(t0).Round(time.Millisecond))
+		b.Logf("%s: inserted %d future work + pending_start rows in %v", p.schema, futureRows, time.Since(t0).Round(time.Millisecond))
 	}
 	// What autovacuum would have done by the time such a backlog is
 	// steady: statistics and hint bits. Both pools get the same treatment.
@@ -104,7 +84,7 @@ func newBenchPool(b *testing.B, futureRows int) *benchPool {
 		ReportInterval: time.Hour,
 	})
 	p.keys = p.loop.Keys()
-	g, err := p.st.ReadGeneration(ctx, p.sqlDB, pool)
+	g, err := p.st.ReadGeneration(p.ctx, p.sqlDB, pool)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -114,30 +94,14 @@ func newBenchPool(b *testing.B, futureRows int) *benchPool {
 	return p
 }
 
-func (p *benchPool) exec(query string, args ...any) {
-	p.b.Helper()
-	if _, err := p.db.ExecContext(p.ctx, strings.ReplaceAll(query, "{s}", p.schema), args...); err != nil {
-		p.b.Fatalf("%s: %v", query, err)
-	}
-}
-
-func (p *benchPool) scalar(query string) int64 {
-	p.b.Helper()
-	var v sql.NullInt64
-	if err := p.db.NewRaw(strings.ReplaceAll(query, "{s}", p.schema)).Scan(p.ctx, &v); err != nil {
-		p.b.Fatalf("%s: %v", query, err)
-	}
-	return v.Int64
-}
-
 func (p *benchPool) main() loop.Outcome {
-	p.b.Helper()
+	p.tb.Helper()
 	out, err := p.loop.Main(p.ctx, p.generation)
 	if err != nil {
-		p.b.Fatal(err)
+		p.tb.Fatal(err)
 	}
 	if out.Stale {
-		p.b.Fatalf("stale iteration: generation %d, current %d", p.generation, out.Generation)
+		p.tb.Fatalf("stale iteration: generation %d, current %d", p.generation, out.Generation)
 	}
 	p.generation = out.Generation
 	return out
@@ -145,7 +109,7 @@ func (p *benchPool) main() loop.Outcome {
 
 // put enqueues n due items as Pool.Enqueue does, in one transaction.
 func (p *benchPool) put(n int) {
-	p.b.Helper()
+	p.tb.Helper()
 	labels, args, ctxs := make([]string, n), make([]string, n), make([]string, n)
 	for i := range args {
 		args[i] = `{"n":` + strconv.Itoa(i) + `}`
@@ -158,25 +122,25 @@ func (p *benchPool) put(n int) {
 		return err
 	})
 	if err != nil {
-		p.b.Fatal(err)
+		p.tb.Fatal(err)
 	}
 }
 
 // startAll runs iterations until n items started; it returns the
 // iterations it took.
 func (p *benchPool) startAll(n int) int {
-	p.b.Helper()
+	p.tb.Helper()
 	started, iterations := 0, 0
 	for started < n {
 		out := p.main()
 		iterations++
 		started += out.Started
 		if out.Started == 0 && out.Next != loop.NextNow {
-			p.b.Fatalf("iteration %d started nothing and said %v with %d of %d started", iterations, out.Next, started, n)
+			p.tb.Fatalf("iteration %d started nothing and said %v with %d of %d started", iterations, out.Next, started, n)
 		}
 	}
 	if started != n {
-		p.b.Fatalf("started %d, want %d", started, n)
+		p.tb.Fatalf("started %d, want %d", started, n)
 	}
 	return iterations
 }
@@ -185,7 +149,7 @@ func (p *benchPool) startAll(n int) int {
 // would (a pending_completion row each, consumed by the loop; the work row
 // deleted), leaving nothing running.
 func (p *benchPool) finishAll() {
-	p.b.Helper()
+	p.tb.Helper()
 	n := p.scalar("SELECT count(*) FROM {s}.running")
 	p.exec(`WITH r AS (SELECT work_id, attempt FROM {s}.running WHERE pool = ?),
 		d AS (DELETE FROM {s}.work w USING r WHERE w.id = r.work_id)
@@ -195,11 +159,11 @@ func (p *benchPool) finishAll() {
 		out := p.main()
 		done += int64(out.Completions)
 		if out.Completions == 0 && out.Next != loop.NextNow {
-			p.b.Fatalf("completions stuck: %d of %d consumed, loop says %v", done, n, out.Next)
+			p.tb.Fatalf("completions stuck: %d of %d consumed, loop says %v", done, n, out.Next)
 		}
 	}
 	if left := p.scalar("SELECT count(*) FROM {s}.running") + p.scalar("SELECT running_count FROM {s}.internal_state"); left != 0 {
-		p.b.Fatalf("after finishing: %d running rows + running_count", left)
+		p.tb.Fatalf("after finishing: %d running rows + running_count", left)
 	}
 }
 
@@ -213,7 +177,7 @@ func (p *benchPool) op() (mainTime time.Duration, iterations int) {
 
 func (p *benchPool) checkLogs() {
 	if s := p.logs.String(); s != "" {
-		p.b.Errorf("%s: the loop logged warnings or errors:\n%s", p.schema, s)
+		p.tb.Errorf("%s: the loop logged warnings or errors:\n%s", p.schema, s)
 	}
 }
 
@@ -228,7 +192,7 @@ func BenchmarkIteration(b *testing.B) {
 	nsPerItem := map[string]float64{}
 	batch := func(name string, p *benchPool) {
 		b.Run(name, func(b *testing.B) {
-			p.b = b
+			p.tb = b
 			var mainTime time.Duration
 			iterations := 0
 			b.ResetTimer()
@@ -254,7 +218,7 @@ func BenchmarkIteration(b *testing.B) {
 
 	decide := func(name string, p *benchPool, want loop.Next) {
 		b.Run(name, func(b *testing.B) {
-			p.b = b
+			p.tb = b
 			b.ResetTimer()
 			for range b.N {
 				if out := p.main(); out.Next != want || out.Started+out.Completions != 0 {
@@ -283,7 +247,7 @@ func BenchmarkIteration(b *testing.B) {
 	}
 	// Alternate the two pools op by op, so that a change in the machine's
 	// load hits both alike, and compare medians: the figure to quote.
-	empty.b, future.b = b, b
+	empty.tb, future.tb = b, b
 	var te, tf, me, mf []time.Duration
 	type side struct {
 		p         *benchPool

@@ -25,18 +25,50 @@ func TestMain(m *testing.M) { pgtest.Main(m, pgtest.Options{}) }
 
 const pool = "p"
 
-// harness is one pool in a fresh schema, driven by hand: tests write the
-// composite state with SQL, run iterations and observe the result.
-type harness struct {
-	t      *testing.T
+// poolSchema is one pool in a fresh, migrated schema, with helpers that
+// run SQL in it: the state-machine harness and the benchmark build on it.
+type poolSchema struct {
+	tb     testing.TB
 	ctx    context.Context
 	db     *bun.DB
 	sqlDB  *sql.DB
 	schema string
 	st     *store.Store
-	loop   *loop.Loop
-	keys   store.Keys
 	logs   *logBuffer
+}
+
+func newPoolSchema(tb testing.TB) *poolSchema {
+	tb.Helper()
+	db, schema := pgtest.NewSchema(tb)
+	ctx := context.Background()
+	_, err := migrations.Migrate(ctx, db, migrations.WithSchema(schema))
+	require.NoError(tb, err)
+	s := &poolSchema{tb: tb, ctx: ctx, db: db, sqlDB: db.DB, schema: schema, st: store.New(schema), logs: &logBuffer{}}
+	require.NoError(tb, s.st.EnsurePool(ctx, s.sqlDB, pool, 10))
+	return s
+}
+
+// exec runs SQL with {s} replaced by the schema and bun's ? placeholders.
+func (s *poolSchema) exec(query string, args ...any) {
+	s.tb.Helper()
+	_, err := s.db.ExecContext(s.ctx, strings.ReplaceAll(query, "{s}", s.schema), args...)
+	require.NoError(s.tb, err, query)
+}
+
+func (s *poolSchema) scalar(query string, args ...any) int64 {
+	s.tb.Helper()
+	var v sql.NullInt64
+	require.NoError(s.tb, s.db.NewRaw(strings.ReplaceAll(query, "{s}", s.schema), args...).Scan(s.ctx, &v), query)
+	return v.Int64
+}
+
+// harness is one pool in a fresh schema, driven by hand: tests write the
+// composite state with SQL, run iterations and observe the result.
+type harness struct {
+	*poolSchema
+	t    *testing.T
+	loop *loop.Loop
+	keys store.Keys
 }
 
 type harnessOpts struct {
@@ -49,18 +81,13 @@ type harnessOpts struct {
 
 func newHarness(t *testing.T, o harnessOpts) *harness {
 	t.Helper()
-	db, schema := pgtest.NewSchema(t)
-	ctx := context.Background()
-	_, err := migrations.Migrate(ctx, db, migrations.WithSchema(schema))
-	require.NoError(t, err)
-	h := &harness{t: t, ctx: ctx, db: db, sqlDB: db.DB, schema: schema, st: store.New(schema), logs: &logBuffer{}}
+	h := &harness{poolSchema: newPoolSchema(t), t: t}
 	if o.maxParallelism == 0 {
 		o.maxParallelism = 10
 	}
 	if o.paused {
 		o.maxParallelism = 0
 	}
-	require.NoError(t, h.st.EnsurePool(ctx, h.sqlDB, pool, 10))
 	// The loop applies the stored level each iteration: store debug so
 	// the anomalies it logs can be asserted on.
 	h.exec("UPDATE {s}.config SET max_parallelism = ?, log_level = 'debug'", o.maxParallelism)
@@ -76,20 +103,6 @@ func newHarness(t *testing.T, o harnessOpts) *harness {
 	})
 	h.keys = h.loop.Keys()
 	return h
-}
-
-// exec runs SQL with {s} replaced by the schema and bun's ? placeholders.
-func (h *harness) exec(query string, args ...any) {
-	h.t.Helper()
-	_, err := h.db.ExecContext(h.ctx, strings.ReplaceAll(query, "{s}", h.schema), args...)
-	require.NoError(h.t, err, query)
-}
-
-func (h *harness) scalar(query string, args ...any) int64 {
-	h.t.Helper()
-	var v sql.NullInt64
-	require.NoError(h.t, h.db.NewRaw(strings.ReplaceAll(query, "{s}", h.schema), args...).Scan(h.ctx, &v), query)
-	return v.Int64
 }
 
 // cursorsAtNow moves every cursor to the current segment, as after a long
