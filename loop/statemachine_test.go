@@ -77,7 +77,14 @@ func TestStateMachine(t *testing.T) {
 			check: func(t *testing.T, h *harness, id int64, o *observed) {
 				assert.Equal(t, 1, o.outs[0].Started)
 				assert.Contains(t, o.outs[0].Signals, "s", "workers are signaled once")
-				assert.Equal(t, loop.NextNow, o.outs[0].Next)
+				// Nothing else is due, so the working iteration decides for
+				// itself instead of leaving it to an empty one: scheduled
+				// for the recovery pass, since work runs.
+				assert.Equal(t, loop.NextScheduled, o.outs[0].Next)
+				rs := h.runStatus()
+				assert.Equal(t, store.RunScheduled, rs.State)
+				assert.False(t, rs.Saturated)
+				assert.LessOrEqual(t, rs.Segment-rs.NowSegment, int64(600), "no later than the next recovery pass")
 			},
 		},
 		{

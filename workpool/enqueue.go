@@ -318,7 +318,7 @@ func (p *Pool) enqueueOwnTx(ctx context.Context, fn Handle, args []any, opts []O
 	}
 	defer conn.Close()
 	w := pr.work
-	ops := []store.Op{store.GenericPlans()}
+	ops := []store.Op{store.PlanSettings()}
 	var chunks []*store.Inserted
 	for start := 0; start < len(w.Args); start += batchChunk {
 		end := min(start+batchChunk, len(w.Args))

@@ -144,7 +144,7 @@ func (r *running) finishOnce(names []string) (int, error) {
 	p := r.p
 	n := 0
 	err := p.db.RunInTx(r.bgCtx, nil, func(ctx context.Context, tx bun.Tx) error {
-		if err := store.Run(ctx, tx.Tx, store.GenericPlans()); err != nil {
+		if err := store.Run(ctx, tx.Tx, store.PlanSettings()); err != nil {
 			return err
 		}
 		rows, err := p.store.ClaimFinishing(ctx, tx.Tx, p.cfg.Name, names, finishBatch)

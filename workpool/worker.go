@@ -454,7 +454,7 @@ func (r *running) Unreserve(claim store.LocalClaim) {
 	}
 }
 
-// claim runs the claim statement with generic plans, in one round trip.
+// claim runs the claim statement with PlanSettings, in one round trip.
 func (r *running) claim(fns []string, limit int, beat bool) ([]store.Claimed, error) {
 	p := r.p
 	conn, err := p.sqlDB.Conn(r.bgCtx)
@@ -463,7 +463,7 @@ func (r *running) claim(fns []string, limit int, beat bool) ([]store.Claimed, er
 	}
 	defer conn.Close()
 	var claimed []store.Claimed
-	err = store.Pipeline(r.bgCtx, conn, store.GenericPlans(), p.store.ClaimOp(p.cfg.Name, fns, limit, r.workerID, beat, &claimed))
+	err = store.Pipeline(r.bgCtx, conn, store.PlanSettings(), p.store.ClaimOp(p.cfg.Name, fns, limit, r.workerID, beat, &claimed))
 	return claimed, err
 }
 
@@ -768,6 +768,7 @@ func (r *running) TakeResults(limit int) []store.Result {
 	return taken
 }
 
+
 // ResultsRecorded logs the taken results that the attempt fence rejected.
 func (r *running) ResultsRecorded(taken []store.Result, recorded []store.Recorded) {
 	r.mu.Lock()
@@ -894,7 +895,7 @@ func (r *running) flushPipelined(ctx context.Context, batch []store.Result) erro
 	defer conn.Close()
 	var recs []store.Recorded
 	var kicked bool
-	if err := store.Pipeline(ctx, conn, store.GenericPlans(),
+	if err := store.Pipeline(ctx, conn, store.PlanSettings(),
 		p.store.RecordResultsOp(p.cfg.Name, batch, p.keys.KickLock, &recs),
 		p.store.KickOp(p.cfg.Name, p.keys, store.KickSource{}, &kicked)); err != nil {
 		return err
@@ -917,7 +918,7 @@ func (r *running) flushOnce(ctx context.Context, batch []store.Result, careful b
 		byID[res.WorkID] = res
 	}
 	err := p.db.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
-		if err := store.Run(ctx, tx.Tx, store.GenericPlans()); err != nil {
+		if err := store.Run(ctx, tx.Tx, store.PlanSettings()); err != nil {
 			return err
 		}
 		recs, err := p.store.RecordResults(ctx, tx.Tx, p.cfg.Name, batch, p.keys.KickLock)

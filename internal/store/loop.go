@@ -33,7 +33,7 @@ SELECT st.generation, st.start_cursor, st.completion_cursor, st.cancelation_curs
        st.report_retries, st.report_canceled, st.report_started_at, st.max_parallelism, st.log_level,
        st.config_updated_at,
        {now}, statement_timestamp(), (SELECT count(*) FROM rs),
-       set_config('statement_timeout', $3, true) || set_config('plan_cache_mode', 'force_generic_plan', true)
+       set_config('statement_timeout', $3, true) || ` + planSettings + `
   FROM st`)
 
 	// No statement here joins two CTEs: the planner estimates a
@@ -52,7 +52,11 @@ WITH pc AS (
          ORDER BY segment LIMIT $4))
     RETURNING work_id, attempt, status, error, retry, run_ms, segment
 ), rn AS (
-    DELETE FROM {s}.running r USING pc WHERE r.work_id = pc.work_id AND r.pool = $1
+    -- One primary-key probe per completion (see probeRunning).
+    DELETE FROM {s}.running r WHERE r.ctid = ANY(ARRAY(
+        SELECT x.ctid FROM pc CROSS JOIN LATERAL (
+            SELECT ctid, pool FROM {s}.running WHERE work_id = pc.work_id LIMIT 1) x
+         WHERE x.pool = $1))
     RETURNING r.work_id, r.fn_name, r.label
 ), rc AS (
     UPDATE {s}.internal_state SET running_count = running_count - (SELECT count(*) FROM rn) WHERE pool = $1
@@ -151,14 +155,16 @@ WITH lim AS (
 ), ins AS (
     INSERT INTO {s}.running (work_id, pool, fn_name, label, attempt, segment, started_at, timeout_ms,
                              claimed_by, claimed_at, deadline)
-    SELECT work_id, $1, fn_name, label, attempt, segment, statement_timestamp(), timeout_ms,
+    SELECT pick.work_id, $1, fn_name, label, attempt, segment, statement_timestamp(), timeout_ms,
            CASE WHEN mine THEN $5::bigint END, CASE WHEN mine THEN statement_timestamp() END,
            CASE WHEN mine THEN statement_timestamp() + timeout_ms * interval '1 millisecond' END
       FROM pick
-     -- Only the loop inserts running rows, under the internal_state lock,
-     -- so this probe cannot race; it is cheaper than ON CONFLICT's
-     -- speculative insertion.
-     WHERE NOT EXISTS (SELECT 1 FROM {s}.running r WHERE r.work_id = pick.work_id)
+      -- Only the loop inserts running rows, under the internal_state lock,
+      -- so this probe cannot race; it is cheaper than ON CONFLICT's
+      -- speculative insertion, and one primary-key probe per row (see
+      -- probeRunning).
+      LEFT JOIN LATERAL (SELECT 1 AS found FROM {s}.running r WHERE r.work_id = pick.work_id LIMIT 1) r ON true
+     WHERE r.found IS NULL
     RETURNING work_id
 ), rc AS (
     UPDATE {s}.internal_state SET running_count = running_count + (SELECT count(*) FROM ins) WHERE pool = $1
@@ -249,7 +255,7 @@ type State struct {
 // LockStateOp locks the pool's state row for the iteration, sets a
 // server-side statement timeout for the rest of the transaction, so an
 // iteration abandoned by its client cannot hold locks on, and makes the
-// transaction use generic plans (see GenericPlans).
+// transaction plan as PlanSettings says.
 func (s *Store) LockStateOp(pool string, generation int64, statementTimeout time.Duration, st *State) Op {
 	return s.op("lockState", func(r Row) error {
 		var marked int64
