@@ -69,12 +69,14 @@
 // # Round trips
 //
 // An iteration is pipelined: the first round trip sends BEGIN, the state
-// lock, the completion, cancelation and start phases together (their
-// ranges come from the state this process wrote last, which is exactly the
-// database's while the generation matches; the start phase computes its
-// own limit from the running count the phases before it left). The second
-// sends the retries and endings, the state and COMMIT. A busy iteration
-// costs two round trips; going idle costs three.
+// lock, the completion, cancelation and start phases, the kick lock's
+// try-lock and the re-check together (the phases' ranges come from the
+// state this process wrote last, which is exactly the database's while the
+// generation matches; the start phase computes its own limit from the
+// running count the phases before it left). The second sends the run
+// status, the state and COMMIT. An iteration costs two round trips whether
+// it goes on, goes scheduled or goes idle, plus one when it schedules
+// retries or ends canceled work, and those of the recovery pass.
 package loop
 
 import (
@@ -304,8 +306,15 @@ type iteration struct {
 	cans         []store.Cancelation
 	starts       store.Starts
 	deliver      []store.Start
-	final        []store.Op // statements of the last round trip, before COMMIT
-	out          Outcome
+	// locked and pending are the kick lock and re-check taken after the
+	// phases (see decide); pending is only meaningful when locked.
+	locked  bool
+	pending store.Pending
+	// retryDue is the earliest segment of the retries endings scheduled,
+	// which the re-check ran too early to see (0: none).
+	retryDue int64
+	final    []store.Op // statements of the last round trip, before COMMIT
+	out      Outcome
 }
 
 func (it *iteration) signal(b byte) {
@@ -404,6 +413,10 @@ func (l *Loop) phases(st store.State, recoveryIter bool, it *iteration) []store.
 		s.TakeCompletionsOp(pool, store.Range{From: from(st.CompletionCursor), To: math.MaxInt64}, l.cfg.BatchSize, &it.comps),
 		s.TakeCancelationsOp(pool, store.Range{From: from(st.CancelationCursor), To: math.MaxInt64}, l.cfg.BatchSize, &it.cans),
 		s.StartWorkOp(pool, store.Range{From: from(st.StartCursor), To: math.MaxInt64}, l.cfg.BatchSize, it.local, &it.starts),
+		// The re-check is a later statement than the try-lock, so its
+		// snapshot is taken after the lock was granted (see decide).
+		s.TryKickLockOp(l.keys.KickLock, &it.locked),
+		s.RecheckOp(pool, &it.pending),
 	)
 }
 
@@ -462,10 +475,12 @@ func (l *Loop) iterate(ctx context.Context, conn *sql.Conn, generation int64, it
 	if worked {
 		it.lastActivity = st.NowSegment
 	}
-	if worked && l.batchFull(it) {
-		o.Next = NextNow // more is waiting behind a full batch
-	} else if err := l.decide(ctx, conn, it, worked); err != nil {
-		return nil, err
+	if worked && (l.batchFull(it) || o.Recovered > 0) {
+		// More is waiting behind a full batch, or recovery recorded
+		// completions after the re-check.
+		o.Next = NextNow
+	} else {
+		l.decide(it, worked)
 	}
 	o.Signals = it.payload()
 	last := append(it.final, s.SaveStateOp(pool, store.SavedState{
@@ -631,9 +646,16 @@ func (l *Loop) endings(ctx context.Context, conn *sql.Conn, it *iteration, retri
 	for _, c := range it.comps.Rows {
 		byID[c.WorkID] = c
 	}
+	due := make(map[int64]int64, len(retries[0]))
+	for i, id := range retries[0] {
+		due[id] = retries[1][i]
+	}
 	done := make(map[int64]bool, len(inserted))
 	for _, id := range inserted {
 		done[id] = true
+		if it.retryDue == 0 || due[id] < it.retryDue {
+			it.retryDue = due[id]
+		}
 		it.counters.Retries++
 		it.out.Retried++
 		l.completedEvent(ctx, byID[id], stats.StatusRetrying)
@@ -690,26 +712,27 @@ func (l *Loop) batchFull(it *iteration) bool {
 // did work without filling a batch: run again now, poll, scheduled or idle.
 // Deciding inside a working iteration spares the empty iteration that would
 // otherwise follow it, which costs a transaction and, measured in the
-// slots benchmark, delays the hand-off of every slot freed meanwhile. See
-// the package doc for why the try-lock comes first and the re-check in a
-// later statement.
-func (l *Loop) decide(ctx context.Context, conn *sql.Conn, it *iteration, worked bool) error {
+// slots benchmark, delays the hand-off of every slot freed meanwhile.
+//
+// It uses the kick lock and the re-check that the first round trip took
+// after the phases: a try-lock, then a later statement, whose snapshot is
+// therefore taken after the lock was granted (see the package doc). Taking
+// them there rather than in a round trip of their own keeps an iteration
+// at two round trips whether it goes on or goes quiet; the lock is held
+// only for the last one, as it would be anyway.
+func (l *Loop) decide(it *iteration, worked bool) {
 	s, pool := l.cfg.Store, l.cfg.Pool
-	var locked bool
-	var p store.Pending
-	// One round trip: the recheck is a later statement than the try-lock,
-	// so its snapshot is taken after the lock was granted (see the package
-	// doc); when the lock was refused its result is not used.
-	if err := store.Pipeline(ctx, conn, s.TryKickLockOp(l.keys.KickLock, &locked), s.RecheckOp(pool, &p)); err != nil {
-		return err
-	}
 	switch {
-	case !locked && worked:
+	case !it.locked && worked:
 		it.out.Next = NextNow // busy: producers are in flight, look again at once
-		return nil
-	case !locked:
+		return
+	case !it.locked:
 		it.out.Next, it.out.Delay = NextPoll, 0 // a producer is in flight; the driver backs off
-		return nil
+		return
+	}
+	p := it.pending
+	if it.retryDue > 0 && (!p.Start.Valid || it.retryDue < p.Start.Int64) {
+		p.Start = sql.NullInt64{Int64: it.retryDue, Valid: true} // scheduled after the re-check ran
 	}
 	now := p.NowSegment
 	capacity := it.st.MaxParallelism - it.running
@@ -731,11 +754,11 @@ func (l *Loop) decide(ctx context.Context, conn *sql.Conn, it *iteration, worked
 	}
 	if actionable {
 		it.out.Next = NextNow
-		return nil
+		return
 	}
 	if l.cfg.Cooldown > 0 && segments.Segment(now-it.lastActivity) < segments.Of(l.cfg.Cooldown) {
 		it.out.Next, it.out.Delay = NextPoll, l.cfg.PollInterval
-		return nil
+		return
 	}
 	target, ok := int64(0), false
 	if capacity > 0 && p.Start.Valid {
@@ -750,7 +773,7 @@ func (l *Loop) decide(ctx context.Context, conn *sql.Conn, it *iteration, worked
 	if !ok {
 		it.out.Next = NextIdle
 		it.final = append(it.final, s.SetRunStatusOp(pool, store.RunStatus{State: store.RunIdle, Generation: it.out.Generation}))
-		return nil
+		return
 	}
 	bounded, _ := segments.BoundSegment(segments.Segment(target), segments.Segment(now))
 	it.out.Next = NextScheduled
@@ -760,7 +783,6 @@ func (l *Loop) decide(ctx context.Context, conn *sql.Conn, it *iteration, worked
 		Saturated:  it.running >= it.st.MaxParallelism,
 		Generation: it.out.Generation,
 	}))
-	return nil
 }
 
 // advance moves a cursor past the rows a phase consumed. A full batch stops

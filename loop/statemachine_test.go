@@ -4,6 +4,7 @@ import (
 	"testing"
 
 	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 
 	"github.com/pgworkpool/pgworkpool/internal/store"
 	"github.com/pgworkpool/pgworkpool/loop"
@@ -149,6 +150,12 @@ func TestStateMachine(t *testing.T) {
 			check: func(t *testing.T, h *harness, id int64, o *observed) {
 				assert.Equal(t, int64(1), h.counters().Retries)
 				assert.Equal(t, 1, o.outs[0].Retried)
+				// The iteration goes quiet by itself, woken for the retry,
+				// which it scheduled after its re-check ran.
+				assert.Equal(t, loop.NextScheduled, o.outs[0].Next)
+				rs := h.runStatus()
+				assert.Equal(t, store.RunScheduled, rs.State)
+				assert.InDelta(t, 10, rs.Segment-rs.NowSegment, 2)
 			},
 		},
 		{
@@ -578,4 +585,32 @@ func (h *harness) setUp(s state) int64 {
 		h.pendingCancel(id, now+off)
 	}
 	return id
+}
+
+// TestWorkingIterationWithProducerInFlight: an iteration that did work
+// while a producer holds the kick lock cannot go quiet; it says to run again
+// at once (not to back off, as an empty one would) and leaves run_status
+// running, and the next one, after the producer finished, goes scheduled.
+func TestWorkingIterationWithProducerInFlight(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, harnessOpts{})
+	h.recoveredNow()
+	h.pendingStart(h.work(workOpts{}), h.now())
+
+	tx, err := h.sqlDB.BeginTx(h.ctx, nil)
+	require.NoError(t, err)
+	defer tx.Rollback()
+	_, err = tx.ExecContext(h.ctx, "SELECT pg_advisory_xact_lock_shared($1)", h.keys.KickLock)
+	require.NoError(t, err)
+
+	out := h.main()
+	assert.Equal(t, 1, out.Started)
+	assert.Equal(t, loop.NextNow, out.Next)
+	assert.Equal(t, store.RunRunning, h.runStatus().State)
+
+	require.NoError(t, tx.Rollback())
+	out = h.main()
+	assert.Zero(t, out.Started)
+	assert.Equal(t, loop.NextScheduled, out.Next)
+	assert.Equal(t, store.RunScheduled, h.runStatus().State)
 }
