@@ -768,7 +768,6 @@ func (r *running) TakeResults(limit int) []store.Result {
 	return taken
 }
 
-
 // ResultsRecorded logs the taken results that the attempt fence rejected.
 func (r *running) ResultsRecorded(taken []store.Result, recorded []store.Recorded) {
 	r.mu.Lock()

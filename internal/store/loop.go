@@ -33,7 +33,7 @@ SELECT st.generation, st.start_cursor, st.completion_cursor, st.cancelation_curs
        st.report_retries, st.report_canceled, st.report_started_at, st.max_parallelism, st.log_level,
        st.config_updated_at,
        {now}, statement_timestamp(), (SELECT count(*) FROM rs),
-       set_config('statement_timeout', $3, true) || ` + planSettings + `
+       set_config('statement_timeout', $3, true) || `+planSettings+`
   FROM st`)
 
 	// No statement here joins two CTEs: the planner estimates a
