@@ -11,49 +11,12 @@ import (
 // results of attempts (also used by recovery), running onComplete later
 // ("finishing"), releasing claims and heartbeats.
 
-func init() {
-	register("registerWorker", `
-INSERT INTO {s}.workers (pool, host, pid) VALUES ($1, $2, $3) RETURNING id`)
-	// heartbeat extends the lease and lists the attempts claimed by the
-	// worker that have not reported: the worker compares them with what it
-	// runs, to find claims whose commit succeeded while their answer was
-	// lost (a broken connection after the server committed).
-	register("heartbeat", `
-WITH hb AS (
-    UPDATE {s}.workers SET heartbeat_at = now() WHERE id = $1
-)
-SELECT r.work_id, r.attempt FROM {s}.running r
- WHERE r.pool = $2 AND r.claimed_by = $1
-   AND EXISTS (SELECT 1 FROM {s}.work w WHERE w.id = r.work_id AND w.attempts = r.attempt AND w.result IS NULL)`)
-	register("deregisterWorker", `DELETE FROM {s}.workers WHERE id = $1`)
-
-	// The heartbeat rides along with a claim when it is due, so that a
-	// process that was idle for longer than the lease is not declared lost
-	// the moment it takes work.
-	register("claim", `
-WITH hb AS (
-    UPDATE {s}.workers SET heartbeat_at = now() WHERE id = $4 AND $5
-), c AS (
-    SELECT ctid FROM {s}.running
-     WHERE pool = $1 AND claimed_by IS NULL AND fn_name = ANY($2::text[])
-     LIMIT $3
-       FOR UPDATE SKIP LOCKED
-), u AS (
-    UPDATE {s}.running r
-       SET claimed_by = $4, claimed_at = now(), deadline = now() + r.timeout_ms * interval '1 millisecond'
-      FROM c WHERE r.ctid = c.ctid
-    RETURNING r.work_id, r.attempt, r.fn_name, r.timeout_ms
-)
-SELECT u.work_id, u.attempt, u.fn_name, u.timeout_ms, COALESCE(w.args::text, ''), COALESCE(w.label, ''),
-       COALESCE(w.canceled, false), w.args IS NOT NULL, COALESCE(w.on_complete IS NOT NULL, false)
-  FROM u LEFT JOIN LATERAL (SELECT args, label, canceled, on_complete FROM {s}.work WHERE id = u.work_id LIMIT 1) w ON true`)
-
-	// recordResults fences each result on work.attempts, decides retry or
-	// terminal, deletes terminal work that has no onComplete, marks terminal
-	// work with an onComplete as finishing (result set), bumps attempts of
-	// retried work, and queues a pending_completion for the loop. Results of
-	// stale attempts match nothing and are left out of the returned rows.
-	register("recordResults", `
+// recordFenced is the common part of recordResults and recordLocalResults:
+// it fences each result on work.attempts, decides retry or terminal,
+// deletes terminal work that has no onComplete, marks terminal work with an
+// onComplete as finishing (result set) and bumps attempts of retried work.
+// Results of stale attempts match nothing and are left out of fenced.
+const recordFenced = `
 WITH r AS (
     SELECT * FROM unnest($2::bigint[], $3::int[], $4::text[], $5::text[], $6::bool[], $7::text[], $8::bigint[])
         AS r(work_id, attempt, status, error, nonretryable, value, run_ms)
@@ -93,7 +56,48 @@ WITH r AS (
               CASE WHEN cls.retry THEN NULL ELSE w.on_complete_context END AS ctx
 ), fenced AS (
     SELECT * FROM del UNION ALL SELECT * FROM upd
-), pc AS (
+)`
+
+func init() {
+	register("registerWorker", `
+INSERT INTO {s}.workers (pool, host, pid) VALUES ($1, $2, $3) RETURNING id`)
+	// heartbeat extends the lease and lists the attempts claimed by the
+	// worker that have not reported: the worker compares them with what it
+	// runs, to find claims whose commit succeeded while their answer was
+	// lost (a broken connection after the server committed).
+	register("heartbeat", `
+WITH hb AS (
+    UPDATE {s}.workers SET heartbeat_at = now() WHERE id = $1
+)
+SELECT r.work_id, r.attempt FROM {s}.running r
+ WHERE r.pool = $2 AND r.claimed_by = $1
+   AND EXISTS (SELECT 1 FROM {s}.work w WHERE w.id = r.work_id AND w.attempts = r.attempt AND w.result IS NULL)`)
+	register("deregisterWorker", `DELETE FROM {s}.workers WHERE id = $1`)
+
+	// The heartbeat rides along with a claim when it is due, so that a
+	// process that was idle for longer than the lease is not declared lost
+	// the moment it takes work.
+	register("claim", `
+WITH hb AS (
+    UPDATE {s}.workers SET heartbeat_at = now() WHERE id = $4 AND $5
+), c AS (
+    SELECT ctid FROM {s}.running
+     WHERE pool = $1 AND claimed_by IS NULL AND fn_name = ANY($2::text[])
+     LIMIT $3
+       FOR UPDATE SKIP LOCKED
+), u AS (
+    UPDATE {s}.running r
+       SET claimed_by = $4, claimed_at = now(), deadline = now() + r.timeout_ms * interval '1 millisecond'
+      FROM c WHERE r.ctid = c.ctid
+    RETURNING r.work_id, r.attempt, r.fn_name, r.timeout_ms
+)
+SELECT u.work_id, u.attempt, u.fn_name, u.timeout_ms, COALESCE(w.args::text, ''), COALESCE(w.label, ''),
+       COALESCE(w.canceled, false), w.args IS NOT NULL, COALESCE(w.on_complete IS NOT NULL, false)
+  FROM u LEFT JOIN LATERAL (SELECT args, label, canceled, on_complete FROM {s}.work WHERE id = u.work_id LIMIT 1) w ON true`)
+
+	// recordResults queues a pending_completion for the loop for every
+	// fenced result (see recordFenced) and takes the shared kick lock.
+	register("recordResults", recordFenced+`, pc AS (
     INSERT INTO {s}.pending_completion (pool, segment, work_id, attempt, status, error, retry, run_ms)
     SELECT $1, {now}, id, attempt, status, error, retry, run_ms FROM fenced
 ), lk AS (
@@ -101,6 +105,33 @@ WITH r AS (
 )
 SELECT f.id, f.attempts, f.status, f.retry, COALESCE(f.on_complete, ''), COALESCE(f.ctx::text, '')
   FROM fenced f, lk`)
+
+	// recordLocalResults is recordResults for the loop's own transaction
+	// (loop.LocalWorkers.TakeResults): a terminal result frees its slot
+	// here, deleting the running row by primary-key probe, instead of going
+	// through a pending_completion row that the same transaction would
+	// insert and delete again. Only retries are queued, for the completion
+	// phase to schedule. It returns the fenced results, then one marker row
+	// per running row it deleted (the two CTEs are not joined; see
+	// takeCompletions). No kick lock: the loop re-checks in its own
+	// transaction, which sees these rows.
+	register("recordLocalResults", recordFenced+`, pc AS (
+    INSERT INTO {s}.pending_completion (pool, segment, work_id, attempt, status, error, retry, run_ms)
+    SELECT $1, {now}, id, attempt, status, error, retry, run_ms FROM fenced WHERE retry
+), rn AS (
+    DELETE FROM {s}.running r WHERE r.ctid = ANY(ARRAY(
+        SELECT x.ctid FROM fenced f CROSS JOIN LATERAL (
+            SELECT ctid, pool FROM {s}.running WHERE work_id = f.id LIMIT 1) x
+         WHERE NOT f.retry AND x.pool = $1))
+    RETURNING r.work_id, r.fn_name, r.label
+), rc AS (
+    UPDATE {s}.internal_state SET running_count = running_count - (SELECT count(*) FROM rn) WHERE pool = $1
+)
+SELECT f.id, f.attempts, f.status, f.retry, COALESCE(f.on_complete, ''), COALESCE(f.ctx::text, ''),
+       f.attempt, COALESCE(f.error, ''), COALESCE(f.run_ms, -1), NULL::text, NULL::text, false
+  FROM fenced f
+UNION ALL
+SELECT work_id, 0, '', false, '', '', 0, '', 0, fn_name, label, true FROM rn`)
 
 	register("finishDelete", `
 DELETE FROM {s}.work WHERE id = ANY($1::bigint[]) AND result IS NOT NULL`)
@@ -265,13 +296,6 @@ type Recorded struct {
 // the rules) and takes the shared kick lock. Results for stale attempts are
 // absent from *out. Each work id must appear at most once.
 func (s *Store) RecordResultsOp(pool string, results []Result, kickLock int64, out *[]Recorded) Op {
-	n := len(results)
-	ids, attempts, statuses := make([]int64, n), make([]int32, n), make([]string, n)
-	errs, nonRetry, values, runMs := make([]string, n), make([]bool, n), make([]string, n), make([]int64, n)
-	for i, r := range results {
-		ids[i], attempts[i], statuses[i] = r.WorkID, int32(r.Attempt), r.Status
-		errs[i], nonRetry[i], values[i], runMs[i] = StorableText(r.Error), r.NonRetryable, r.Value, r.RunMs
-	}
 	return s.op("recordResults", func(r Row) error {
 		var rec Recorded
 		if err := r.Scan(&rec.WorkID, &rec.Attempts, &rec.Status, &rec.Retry, &rec.OnComplete, &rec.Context); err != nil {
@@ -279,7 +303,55 @@ func (s *Store) RecordResultsOp(pool string, results []Result, kickLock int64, o
 		}
 		*out = append(*out, rec)
 		return nil
-	}, pool, ids, attempts, statuses, errs, nonRetry, values, runMs, kickLock)
+	}, append(resultArgs(pool, results), kickLock)...)
+}
+
+// resultArgs returns the parameters $1-$8 of the record statements.
+func resultArgs(pool string, results []Result) []any {
+	n := len(results)
+	ids, attempts, statuses := make([]int64, n), make([]int32, n), make([]string, n)
+	errs, nonRetry, values, runMs := make([]string, n), make([]bool, n), make([]string, n), make([]int64, n)
+	for i, r := range results {
+		ids[i], attempts[i], statuses[i] = r.WorkID, int32(r.Attempt), r.Status
+		errs[i], nonRetry[i], values[i], runMs[i] = StorableText(r.Error), r.NonRetryable, r.Value, r.RunMs
+	}
+	return []any{pool, ids, attempts, statuses, errs, nonRetry, values, runMs}
+}
+
+// LocalRecorded collects what RecordLocalResultsOp returned.
+type LocalRecorded struct {
+	// Recorded are the results that passed the attempt fence.
+	Recorded []Recorded
+	// Completions are the terminal ones among them, as the completion
+	// phase would have read them (call Completions.Done).
+	Completions Completions
+}
+
+// RecordLocalResultsOp records results in the loop's own transaction: like
+// RecordResultsOp, but a terminal result frees its slot at once instead of
+// queueing a completion (see the SQL), and no kick lock is taken.
+func (s *Store) RecordLocalResultsOp(pool string, results []Result, out *LocalRecorded) Op {
+	out.Completions.running = map[int64]Completion{}
+	return s.op("recordLocalResults", func(r Row) error {
+		var rec Recorded
+		var c Completion
+		var marker bool
+		var fn, label sql.NullString
+		if err := r.Scan(&rec.WorkID, &rec.Attempts, &rec.Status, &rec.Retry, &rec.OnComplete, &rec.Context,
+			&c.Attempt, &c.Error, &c.RunMs, &fn, &label, &marker); err != nil {
+			return err
+		}
+		if marker {
+			out.Completions.running[rec.WorkID] = Completion{Fn: fn.String, Label: label.String}
+			return nil
+		}
+		out.Recorded = append(out.Recorded, rec)
+		if !rec.Retry {
+			c.WorkID, c.Status = rec.WorkID, rec.Status
+			out.Completions.Rows = append(out.Completions.Rows, c)
+		}
+		return nil
+	}, resultArgs(pool, results)...)
 }
 
 // RecordResults runs RecordResultsOp on q.

@@ -1,0 +1,89 @@
+package loop_test
+
+import (
+	"sync"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+
+	"github.com/pgworkpool/pgworkpool/internal/store"
+)
+
+// resultSource is a loop.LocalWorkers with no slots that hands the loop a
+// fixed set of results once, as the workers of the leading process do.
+type resultSource struct {
+	mu       sync.Mutex
+	results  []store.Result
+	recorded []store.Recorded
+	returned []store.Result
+}
+
+func (r *resultSource) Reserve(int) store.LocalClaim                           { return store.LocalClaim{} }
+func (r *resultSource) Deliver(store.LocalClaim, []store.Start)                {}
+func (r *resultSource) Unreserve(store.LocalClaim)                             {}
+func (r *resultSource) ReturnResults(taken []store.Result)                     { r.returned = append(r.returned, taken...) }
+func (r *resultSource) ResultsRecorded(_ []store.Result, rec []store.Recorded) { r.recorded = rec }
+
+func (r *resultSource) TakeResults(limit int) []store.Result {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	n := min(limit, len(r.results))
+	taken := r.results[:n]
+	r.results = r.results[n:]
+	return taken
+}
+
+// TestLocalResults: results of the leading process's own workers are
+// recorded in the iteration's transaction with the workers' fence, and the
+// terminal ones free their slots there, without a pending_completion row;
+// retries still pass through one and are scheduled by the completion phase.
+func TestLocalResults(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, harnessOpts{})
+	h.recoveredNow()
+	success := h.work(workOpts{})
+	h.running(success, 0, nil)
+	retry := h.work(workOpts{maxAttempts: 3, backoffMs: 1000, base: 2})
+	h.running(retry, 0, nil)
+	final := h.work(workOpts{maxAttempts: 3, backoffMs: 1000, base: 2})
+	h.running(final, 0, nil)
+	stale := h.work(workOpts{attempts: 1, maxAttempts: 3})
+	h.running(stale, 1, nil)
+
+	src := &resultSource{results: []store.Result{
+		{WorkID: success, Attempt: 0, Status: "success", Value: `"ok"`, RunMs: 7},
+		{WorkID: retry, Attempt: 0, Status: "failed", Error: "boom", RunMs: 3},
+		{WorkID: final, Attempt: 0, Status: "failed", Error: "bad input", NonRetryable: true, RunMs: 4},
+		{WorkID: stale, Attempt: 0, Status: "success", RunMs: 1}, // an attempt that recovery already replaced
+	}}
+	h.loop.SetLocal(src)
+	out := h.main()
+
+	assert.Equal(t, 3, out.Recorded, "the stale attempt is fenced off")
+	assert.Equal(t, 3, out.Completions)
+	assert.Equal(t, 1, out.Retried)
+	var recorded []int64
+	for _, r := range src.recorded {
+		recorded = append(recorded, r.WorkID)
+	}
+	assert.ElementsMatch(t, []int64{success, retry, final}, recorded)
+	assert.Empty(t, src.returned)
+
+	assert.Equal(t, composite{}, h.observe(success), "terminal: work and slot gone, no completion row")
+	assert.Equal(t, composite{}, h.observe(final))
+	got := h.observe(retry)
+	// Observed a moment after the iteration: a segment boundary may pass.
+	assert.InDelta(t, 10, got.StartDelay, 2, "1000 ms x 2^0 x 1.0")
+	got.StartDelay = 0
+	assert.Equal(t, composite{Work: true, Attempts: 1, PendingStart: 1}, got)
+	assert.Equal(t, composite{Work: true, Attempts: 1, Running: 1}, h.observe(stale), "untouched")
+	assert.Zero(t, h.scalar("SELECT count(*) FROM {s}.pending_completion"))
+	h.checkRunningCount()
+
+	c := h.counters()
+	assert.Equal(t, int64(3), c.Completed)
+	assert.Equal(t, int64(1), c.Succeeded)
+	assert.Equal(t, int64(1), c.Failed)
+	assert.Equal(t, int64(1), c.Retries)
+	assert.NotContains(t, h.logs.String(), "level=ERROR")
+}
