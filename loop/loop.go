@@ -62,9 +62,12 @@
 //     This saves a transaction and an update per item on the common path.
 //   - Likewise the results of that process's own workers (those that run
 //     no onComplete) are recorded by the next iteration, first thing in its
-//     transaction, with the same fenced statement the workers use: handing
+//     transaction, behind the same attempt fence the workers use: handing
 //     a slot on then costs one commit, not two (the fsync of a commit is
-//     most of an iteration's time on small machines).
+//     most of an iteration's time on small machines). A terminal one frees
+//     its slot right there instead of passing through pending_completion,
+//     which the same transaction would only insert and delete; retries
+//     still do, for the completion phase to schedule.
 //   - Convex runs again at once after any iteration that did work. Here an
 //     iteration that did work without filling a batch takes the kick lock
 //     and re-checks itself, as an empty one does, and goes quiet if
