@@ -60,7 +60,10 @@ type running struct {
 
 	claimWake, cancelWake, finishWake, configWake, flushWake chan struct{}
 	// jobs feeds the long-lived handler goroutines (Workers of them): a
-	// goroutine keeps its grown stack from one attempt to the next.
+	// goroutine keeps its grown stack from one attempt to the next, until
+	// a garbage collection finds it idle and shrinks it (measured in the
+	// drain benchmark: a goroutine per attempt copied stacks only an
+	// eighth less, for no change in throughput).
 	jobs       chan *attempt
 	stopClaims chan struct{} // closed: claimer, finisher, canceler, config refresher stop
 	stopFlush  chan struct{} // closed: flusher drains and stops
