@@ -51,16 +51,7 @@ WITH pc AS (
          WHERE pool = $1 AND segment >= $2 AND segment <= $3
          ORDER BY segment LIMIT $4))
     RETURNING work_id, attempt, status, error, retry, run_ms, segment
-), rn AS (
-    -- One primary-key probe per completion (see probeRunning).
-    DELETE FROM {s}.running r WHERE r.ctid = ANY(ARRAY(
-        SELECT x.ctid FROM pc CROSS JOIN LATERAL (
-            SELECT ctid, pool FROM {s}.running WHERE work_id = pc.work_id LIMIT 1) x
-         WHERE x.pool = $1))
-    RETURNING r.work_id, r.fn_name, r.label
-), rc AS (
-    UPDATE {s}.internal_state SET running_count = running_count - (SELECT count(*) FROM rn) WHERE pool = $1
-), c AS (
+), `+freeSlots("SELECT work_id FROM pc")+`, c AS (
     SELECT pc.*, NULL::text AS fn_name, NULL::text AS label, false AS marker FROM pc
     UNION ALL
     SELECT work_id, 0, '', NULL, false, NULL, 0, fn_name, label, true FROM rn
@@ -162,7 +153,7 @@ WITH lim AS (
       -- Only the loop inserts running rows, under the internal_state lock,
       -- so this probe cannot race; it is cheaper than ON CONFLICT's
       -- speculative insertion, and one primary-key probe per row (see
-      -- probeRunning).
+      -- freeSlots).
       LEFT JOIN LATERAL (SELECT 1 AS found FROM {s}.running r WHERE r.work_id = pick.work_id LIMIT 1) r ON true
      WHERE r.found IS NULL
     RETURNING work_id
@@ -226,6 +217,25 @@ SELECT (SELECT count(*) FROM {s}.running WHERE pool = $1),
 	register("counters", `
 SELECT report_completed, report_succeeded, report_failed, report_retries, report_canceled, report_started_at
   FROM {s}.internal_state WHERE pool = $1`)
+}
+
+// freeSlots returns the CTEs rn, which deletes the pool's running rows of
+// the work ids that query yields (a column work_id) and returns their
+// work_id, fn_name and label, and rc, which keeps running_count in step.
+// Each row is found by its own primary-key probe (LATERAL ... LIMIT 1), so
+// the cost follows the ids, never the dead rows and index entries the
+// table gathers between vacuums (see PlanSettings); the pool is checked
+// after the probe so that its index is not chosen instead.
+func freeSlots(query string) string {
+	return `rn AS (
+    DELETE FROM {s}.running r WHERE r.ctid = ANY(ARRAY(
+        SELECT x.ctid FROM (` + query + `) i CROSS JOIN LATERAL (
+            SELECT ctid, pool FROM {s}.running WHERE work_id = i.work_id LIMIT 1) x
+         WHERE x.pool = $1))
+    RETURNING r.work_id, r.fn_name, r.label
+), rc AS (
+    UPDATE {s}.internal_state SET running_count = running_count - (SELECT count(*) FROM rn) WHERE pool = $1
+)`
 }
 
 // Counters are the report counters kept in internal_state between reports.

@@ -108,25 +108,16 @@ SELECT f.id, f.attempts, f.status, f.retry, COALESCE(f.on_complete, ''), COALESC
 
 	// recordLocalResults is recordResults for the loop's own transaction
 	// (loop.LocalWorkers.TakeResults): a terminal result frees its slot
-	// here, deleting the running row by primary-key probe, instead of going
-	// through a pending_completion row that the same transaction would
-	// insert and delete again. Only retries are queued, for the completion
-	// phase to schedule. It returns the fenced results, then one marker row
-	// per running row it deleted (the two CTEs are not joined; see
-	// takeCompletions). No kick lock: the loop re-checks in its own
-	// transaction, which sees these rows.
+	// here (freeSlots) instead of going through a pending_completion row
+	// that the same transaction would insert and delete again. Only
+	// retries are queued, for the completion phase to schedule. It returns
+	// the fenced results, then one marker row per running row it deleted
+	// (the two CTEs are not joined; see takeCompletions). No kick lock: the
+	// loop re-checks in its own transaction, which sees these rows.
 	register("recordLocalResults", recordFenced+`, pc AS (
     INSERT INTO {s}.pending_completion (pool, segment, work_id, attempt, status, error, retry, run_ms)
     SELECT $1, {now}, id, attempt, status, error, retry, run_ms FROM fenced WHERE retry
-), rn AS (
-    DELETE FROM {s}.running r WHERE r.ctid = ANY(ARRAY(
-        SELECT x.ctid FROM fenced f CROSS JOIN LATERAL (
-            SELECT ctid, pool FROM {s}.running WHERE work_id = f.id LIMIT 1) x
-         WHERE NOT f.retry AND x.pool = $1))
-    RETURNING r.work_id, r.fn_name, r.label
-), rc AS (
-    UPDATE {s}.internal_state SET running_count = running_count - (SELECT count(*) FROM rn) WHERE pool = $1
-)
+), `+freeSlots("SELECT id AS work_id FROM fenced WHERE NOT retry")+`
 SELECT f.id, f.attempts, f.status, f.retry, COALESCE(f.on_complete, ''), COALESCE(f.ctx::text, ''),
        f.attempt, COALESCE(f.error, ''), COALESCE(f.run_ms, -1), NULL::text, NULL::text, false
   FROM fenced f
