@@ -60,6 +60,7 @@ type options struct {
 	conns         int
 	timeout       time.Duration
 	backlogRows   int
+	backlogSettle bool
 	settle        time.Duration
 	riverCooldown time.Duration
 	riverPoll     time.Duration
@@ -99,6 +100,7 @@ func parseFlags(args []string, errOut io.Writer) (options, error) {
 	fs.IntVar(&o.conns, "conns", 40, "connection pool size of each system (pgxpool MaxConns for River, database/sql MaxOpenConns and MaxIdleConns for us)")
 	fs.DurationVar(&o.timeout, "timeout", 5*time.Minute, "give up on a phase (drain, wait for completions) after this long and report the system's state")
 	fs.IntVar(&o.backlogRows, "backlog-rows", 1_000_000, "future-scheduled rows inserted in backlog mode")
+	fs.BoolVar(&o.backlogSettle, "backlog-settle", true, "backlog mode: CHECKPOINT and VACUUM (ANALYZE) the system's tables after inserting the future rows, so the timed drain measures their presence rather than the write-back of a million fresh rows (false: drain at once)")
 	fs.DurationVar(&o.settle, "settle", 12*time.Second, "idle mode: wait after start before the window (Postgres 15 flushes an idle backend's pending statistics up to 10 s late)")
 	fs.DurationVar(&o.riverCooldown, "river-cooldown", 0, "override River's FetchCooldown")
 	fs.DurationVar(&o.riverPoll, "river-poll", 0, "override River's FetchPollInterval")

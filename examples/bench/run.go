@@ -177,6 +177,11 @@ func describe(o options) string {
 		s := fmt.Sprintf("n=%d parallelism=%d", o.n, o.parallelism)
 		if o.mode == "backlog" {
 			s += fmt.Sprintf(" future rows=%d (scheduled in 24 h)", o.backlogRows)
+			if o.backlogSettle {
+				s += ", vacuumed and checkpointed before the timed drain"
+			} else {
+				s += ", drained right after their insert"
+			}
 		}
 		return s
 	case "slots":

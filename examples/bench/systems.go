@@ -38,6 +38,14 @@ const (
 // more than that (the backlog's future rows); each call is one transaction.
 const bulkChunk = 100_000
 
+// schemaOf returns the schema a system's tables live in.
+func schemaOf(system string) string {
+	if system == sysRiver {
+		return schemaRiver
+	}
+	return schemaPgworkpool
+}
+
 // system is one queue implementation on one database: it owns its
 // connections and its schema, and makes instances (a pool or a client).
 type system interface {
