@@ -3,7 +3,6 @@ package loop
 import (
 	"context"
 	"errors"
-	"strings"
 	"sync/atomic"
 	"time"
 
@@ -44,6 +43,15 @@ type DriverConfig struct {
 	// OnLeaderChange, if set, is told when this process gains or loses the
 	// pool's leadership. It must not block.
 	OnLeaderChange func(leader bool)
+	// Origin, if set, names (in decimal digits) the producers that call
+	// [Driver.Kick] themselves once their transaction ends
+	// (store.KickSource.Origin). While this driver leads it ignores their
+	// notifications, which arrive while the iteration they asked for runs
+	// and would each cost a second, empty one; another origin's kick, or
+	// one without an origin, still wakes it. A driver that does not lead
+	// treats every kick alike: its own producers' kicks are how it notices
+	// a leader that is gone.
+	Origin string
 
 	HealthcheckInterval time.Duration
 	IterationTimeout    time.Duration
@@ -196,18 +204,20 @@ func (d *Driver) serve(ctx context.Context, conn *pgx.Conn) error {
 }
 
 func (d *Driver) handle(ctx context.Context, conn *pgx.Conn, n *pgconn.Notification) {
-	payload := n.Payload
-	if strings.IndexByte(payload, store.SignalKick) >= 0 {
-		if d.leader.Load() {
+	kick, origin, signals := store.ParseNotification(n.Payload)
+	if kick {
+		switch {
+		case !d.leader.Load():
+			if err := d.tryLead(ctx, conn); err != nil && ctx.Err() == nil {
+				// A canceled ctx is Stop, not a failure.
+				d.cfg.Logger.Warn(ctx, "loop: leadership attempt failed", "error", err)
+			}
+		case origin == "" || origin != d.cfg.Origin:
 			d.Kick()
-		} else if err := d.tryLead(ctx, conn); err != nil && ctx.Err() == nil {
-			// A canceled ctx is Stop, not a failure.
-			d.cfg.Logger.Warn(ctx, "loop: leadership attempt failed", "error", err)
 		}
-		payload = strings.ReplaceAll(payload, string(store.SignalKick), "")
 	}
-	if payload != "" {
-		d.cfg.OnSignal(payload)
+	if signals != "" {
+		d.cfg.OnSignal(signals)
 	}
 }
 

@@ -28,24 +28,35 @@ type process struct {
 	done    chan struct{}
 	leader  chan bool
 	started chan struct{} // one value per iteration that started work
+	fenced  chan struct{} // one value per "g" notification (see fence)
 }
 
 func (h *harness) startProcess(t *testing.T, name string) *process {
+	return h.startProcessFrom(t, name, "")
+}
+
+// startProcessFrom starts a process whose driver ignores, while it leads,
+// kicks of the given origin (DriverConfig.Origin).
+func (h *harness) startProcessFrom(t *testing.T, name, origin string) *process {
 	t.Helper()
 	cfg, err := pgx.ParseConfig(pgtest.Shared(t).URL())
 	require.NoError(t, err)
 	logger := stats.NewLogger(slog.New(slog.NewTextHandler(h.logs, &slog.HandlerOptions{Level: slog.LevelDebug})), pool, stats.LevelWarn)
 	lp := loop.New(loop.Config{Pool: pool, Store: h.st, DB: h.sqlDB, Logger: logger})
-	p := &process{name: name, done: make(chan struct{}), leader: make(chan bool, 16), started: make(chan struct{}, 100000)}
+	p := &process{name: name, done: make(chan struct{}), leader: make(chan bool, 16),
+		started: make(chan struct{}, 100000), fenced: make(chan struct{}, 16)}
 	p.driver = loop.NewDriver(loop.DriverConfig{
-		Loop: lp, ConnConfig: cfg, Logger: logger,
+		Loop: lp, ConnConfig: cfg, Logger: logger, Origin: origin,
 		HealthcheckInterval: 200 * time.Millisecond,
 		OnLeaderChange:      func(l bool) { p.leader <- l },
 		OnSignal: func(s string) {
 			// Only the iteration's in-process signal carries exactly "s"
 			// once per start; reconnects send every letter.
-			if s == "s" {
+			switch s {
+			case "s":
 				p.started <- struct{}{}
+			case "g":
+				p.fenced <- struct{}{}
 			}
 		},
 	})
@@ -64,9 +75,29 @@ func (p *process) stop() {
 	<-p.done
 }
 
+// fence returns once p's LISTEN connection has handled every notification
+// committed before the call: notifications reach a listener in commit
+// order, and this one comes last.
+func (h *harness) fence(t *testing.T, p *process) {
+	t.Helper()
+	_, err := h.sqlDB.ExecContext(h.ctx, "SELECT pg_notify($1, 'g')", h.keys.Channel)
+	require.NoError(t, err)
+	select {
+	case <-p.fenced:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the fence notification did not arrive")
+	}
+}
+
 // enqueue adds one due item the way Pool.Enqueue does: insert (with the
 // shared kick lock), then the kick, in one transaction.
 func (h *harness) enqueue(t *testing.T) int64 {
+	t.Helper()
+	return h.enqueueFrom(t, "")
+}
+
+// enqueueFrom is enqueue with a kick of the given origin.
+func (h *harness) enqueueFrom(t *testing.T, origin string) int64 {
 	t.Helper()
 	var id int64
 	require.NoError(t, withTx(h.ctx, h.sqlDB, func(tx *sql.Tx) error {
@@ -78,7 +109,7 @@ func (h *harness) enqueue(t *testing.T) int64 {
 			return err
 		}
 		id = ids[0]
-		_, err = h.st.Kick(h.ctx, tx, pool, h.keys, store.KickSource{Due: seg, StartsOnly: true})
+		_, err = h.st.Kick(h.ctx, tx, pool, h.keys, store.KickSource{Due: seg, StartsOnly: true, Origin: origin})
 		return err
 	}))
 	return id
@@ -204,6 +235,41 @@ func TestKickRace(t *testing.T) {
 		h.waitRunning(t, p, int64(i+producers), fmt.Sprintf("round %d", i))
 	}
 	assert.Zero(t, h.scalar("SELECT count(*) FROM {s}.pending_start"))
+	h.checkRunningCount()
+}
+
+// TestOwnKicksCostOneIteration: a producer of the leading process wakes its
+// driver itself once it commits (Pool.kickLocal); the notification of its
+// kick, which carries its origin, must not cost the leader a second, empty
+// iteration. A kick of another origin still wakes the leader on its own.
+func TestOwnKicksCostOneIteration(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, harnessOpts{maxParallelism: 1000})
+	p := h.startProcessFrom(t, "only", "42")
+	waitLeader(t, []*process{p}, 10*time.Second)
+	// Let the iterations of taking the lead pass (at most one more may
+	// still be counted below).
+	before := p.driver.Iterations()
+	p.driver.Kick()
+	require.Eventually(t, func() bool { return p.driver.Iterations() > before }, 5*time.Second, time.Millisecond)
+
+	start := p.driver.Iterations()
+	const rounds = 10
+	for i := range rounds {
+		h.enqueueFrom(t, "42")
+		// Had the driver acted on the notification, its iteration would
+		// be under way by now, and the kick below would make another.
+		h.fence(t, p)
+		p.driver.Kick()
+		h.waitRunning(t, p, int64(i+1), fmt.Sprintf("round %d", i))
+	}
+	// One iteration per round, give or take the one of taking the lead
+	// and the last round's count lagging its commit; acting on the
+	// notifications too would make about two per round.
+	assert.LessOrEqual(t, p.driver.Iterations()-start, int64(rounds+2))
+
+	h.enqueueFrom(t, "7")
+	h.waitRunning(t, p, rounds+1, "a kick of another origin")
 	h.checkRunningCount()
 }
 

@@ -329,8 +329,9 @@ func (p *Pool) enqueueOwnTx(ctx context.Context, fn Handle, args []any, opts []O
 		ops = append(ops, p.store.InsertWorkOp(chunk, p.keys.KickLock, out))
 	}
 	var kicked bool // the NOTIFY reaches other processes; this one is woken below
-	ops = append(ops, p.store.KickOp(p.cfg.Name, p.keys, store.KickSource{Due: dueHint(w), StartsOnly: true}, &kicked))
+	ops = append(ops, p.store.KickOp(p.cfg.Name, p.keys, store.KickSource{Due: dueHint(w), StartsOnly: true, Origin: p.origin}, &kicked))
 	if err := store.Pipeline(ctx, conn, ops...); err != nil {
+		p.kickLocal() // the commit may have happened, and the kick carried p.origin
 		return nil, p.wrapDBError("enqueue", err)
 	}
 	ids := make([]WorkID, 0, len(w.Args))

@@ -6,8 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"math/rand/v2"
 	"os"
 	"slices"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -45,6 +47,11 @@ type Pool struct {
 	started bool
 	closed  atomic.Bool
 	run     *running // set by Start
+
+	// origin marks the kicks of transactions this Pool commits itself,
+	// after which it wakes its own driver (kickLocal), so that the driver
+	// can ignore their notifications while it leads (store.KickSource).
+	origin string
 }
 
 // New returns a pool on db, which must use the pgx database/sql driver
@@ -66,6 +73,7 @@ func New(db *bun.DB, cfg Config) (*Pool, error) {
 		store:       store.New(cfg.Schema),
 		funcs:       map[string]*funcInfo{},
 		onCompletes: map[string]*onCompleteInfo{},
+		origin:      strconv.FormatUint(rand.Uint64(), 10),
 	}
 	p.keys = store.KeysFor(cfg.Schema, cfg.Name)
 	level := cfg.LogLevel
@@ -174,8 +182,11 @@ func (p *Pool) inTx(ctx context.Context, fn func(tx *sql.Tx) error) error {
 	return nil
 }
 
-// kickLocal wakes this process's driver after a commit that kicked the
-// loop, saving the NOTIFY round trip when this process leads.
+// kickLocal wakes this process's driver after a transaction that kicked
+// the loop, saving the NOTIFY round trip when this process leads. A kick
+// that carried p.origin must be followed by kickLocal even when the
+// transaction reported an error, since its commit may have happened: the
+// leading driver ignores the notification.
 func (p *Pool) kickLocal() {
 	if r := p.runState(); r != nil {
 		r.driver.Kick()
@@ -192,12 +203,13 @@ func (p *Pool) writeAndKick(ctx context.Context, op string, write func(tx *sql.T
 		if err != nil || !kick {
 			return err
 		}
-		if kicked, err = p.store.Kick(ctx, tx, p.cfg.Name, p.keys, store.KickSource{}); err != nil {
+		if kicked, err = p.store.Kick(ctx, tx, p.cfg.Name, p.keys, store.KickSource{Origin: p.origin}); err != nil {
 			return p.wrapDBError(op, err)
 		}
 		return nil
 	})
-	if err == nil && kicked {
+	// Even after an error: a commit whose answer was lost still notified.
+	if kicked {
 		p.kickLocal()
 	}
 	return err

@@ -194,6 +194,7 @@ func (p *Pool) Start(ctx context.Context) error {
 		ConnConfig: connCfg,
 		Logger:     p.log,
 		OnSignal:   r.onSignal,
+		Origin:     p.origin,
 		// Results left to the loop's iterations go back to the flusher
 		// when this process stops leading.
 		OnLeaderChange: func(leader bool) {
@@ -899,7 +900,8 @@ func (r *running) flushPipelined(ctx context.Context, batch []store.Result) erro
 	var kicked bool
 	if err := store.Pipeline(ctx, conn, store.PlanSettings(),
 		p.store.RecordResultsOp(p.cfg.Name, batch, p.keys.KickLock, &recs),
-		p.store.KickOp(p.cfg.Name, p.keys, store.KickSource{}, &kicked)); err != nil {
+		p.store.KickOp(p.cfg.Name, p.keys, store.KickSource{Origin: p.origin}, &kicked)); err != nil {
+		r.driver.Kick() // the commit may have happened, and the kick carried p.origin
 		return err
 	}
 	if len(recs) < len(batch) {
@@ -952,12 +954,10 @@ func (r *running) flushOnce(ctx context.Context, batch []store.Result, careful b
 				return err
 			}
 		}
-		_, err = p.store.Kick(ctx, tx.Tx, p.cfg.Name, p.keys, store.KickSource{})
+		_, err = p.store.Kick(ctx, tx.Tx, p.cfg.Name, p.keys, store.KickSource{Origin: p.origin})
 		return err
 	})
-	if err == nil {
-		r.driver.Kick() // as in flushPipelined
-	}
+	r.driver.Kick() // as in flushPipelined, and after an error too (kickLocal)
 	return err
 }
 

@@ -53,7 +53,7 @@ SELECT a.id, seg.segment FROM a, seg, lk ORDER BY a.ord`)
 	// REPEATABLE READ or SERIALIZABLE the snapshot is older than the lock,
 	// so there it always notifies.
 	register("kick", `
-SELECT pg_notify($4, 'k') FROM {s}.run_status
+SELECT pg_notify($4, 'k' || $5) FROM {s}.run_status
  WHERE pool = $1
    AND (current_setting('transaction_isolation') <> 'read committed'
         OR state = 'idle'
@@ -174,13 +174,20 @@ type KickSource struct {
 	// StartsOnly is true when the row can only start work (an enqueue): a
 	// saturated loop could not act on it, so it is not woken.
 	StartsOnly bool
+	// Origin, when not empty, is the origin (decimal digits) of the
+	// driver that the producer wakes directly once its transaction has
+	// ended, whether or not the commit succeeded: that driver ignores the
+	// notification while it leads (loop.DriverConfig.Origin), which would
+	// otherwise cost it a second iteration right after the first. Leave it
+	// empty when the caller commits (EnqueueTx).
+	Origin string
 }
 
 // KickOp wakes the loop if the producer's new row needs it, setting
 // *kicked when it sent a notification. It must follow the statement that
 // inserted the row.
 func (s *Store) KickOp(pool string, keys Keys, src KickSource, kicked *bool) Op {
-	return s.op("kick", func(Row) error { *kicked = true; return nil }, pool, src.Due, src.StartsOnly, keys.Channel)
+	return s.op("kick", func(Row) error { *kicked = true; return nil }, pool, src.Due, src.StartsOnly, keys.Channel, src.Origin)
 }
 
 // Kick runs KickOp on q and reports whether it sent a notification.

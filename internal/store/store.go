@@ -117,6 +117,7 @@ func hashInt(parts ...string) int64 {
 
 // Notification payloads. One NOTIFY carries a set of these letters so that a
 // loop iteration that starts, cancels and finishes work sends one message.
+// A kick may carry its origin as decimal digits (see KickSource.Origin).
 const (
 	SignalKick   = 'k' // the loop has something to do
 	SignalStart  = 's' // running rows are waiting to be claimed
@@ -124,6 +125,24 @@ const (
 	SignalFinish = 'f' // some work waits for its onComplete
 	SignalConfig = 'g' // max_parallelism or log_level changed
 )
+
+// ParseNotification splits a notification payload into whether it kicks
+// the loop, the kick's origin ("" for none) and the worker signals it
+// carries (the other letters).
+func ParseNotification(payload string) (kick bool, origin, signals string) {
+	var o, sig []byte
+	for i := 0; i < len(payload); i++ {
+		switch c := payload[i]; {
+		case c == SignalKick:
+			kick = true
+		case c >= '0' && c <= '9':
+			o = append(o, c)
+		default:
+			sig = append(sig, c)
+		}
+	}
+	return kick, string(o), string(sig)
+}
 
 // Operations ------------------------------------------------------------
 
