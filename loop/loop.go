@@ -40,6 +40,13 @@
 // enqueue, and a long caller transaction only keeps the loop polling; it
 // blocks no one. TestKickRace races the two thousands of times.
 //
+// A producer that runs in the leading process wakes its driver directly
+// once its transaction ends, committed or not, and marks its NOTIFY with its
+// Pool's origin: the driver, while it leads, ignores such a notification
+// (it arrives while the iteration it asks for runs, and would cost a second,
+// empty one), so a quiet enqueue costs two iterations, one to start it and
+// one to record its result (DriverConfig.Origin).
+//
 // # Deviations from the Convex loop
 //
 //   - Producers never write run_status (see above); the loop marks itself
