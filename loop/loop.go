@@ -666,22 +666,23 @@ func (l *Loop) endings(ctx context.Context, conn *sql.Conn, it *iteration, retri
 	for _, c := range it.comps.Rows {
 		byID[c.WorkID] = c
 	}
+	// The segment each retry is due at; what is left after the inserted
+	// ones are taken out was skipped.
 	due := make(map[int64]int64, len(retries[0]))
 	for i, id := range retries[0] {
 		due[id] = retries[1][i]
 	}
-	done := make(map[int64]bool, len(inserted))
 	for _, id := range inserted {
-		done[id] = true
 		if it.retryDue == 0 || due[id] < it.retryDue {
 			it.retryDue = due[id]
 		}
+		delete(due, id)
 		it.counters.Retries++
 		it.out.Retried++
 		l.completedEvent(ctx, byID[id], stats.StatusRetrying)
 	}
 	for _, id := range retries[0] {
-		if !done[id] {
+		if _, skipped := due[id]; skipped {
 			log.Error(ctx, "loop: retry skipped, work already has a pending start", "work_id", id)
 		}
 	}
