@@ -20,7 +20,9 @@ import (
 // a global slot, unrun, until its deadline. The test leaves exactly that
 // state behind by running the claim statement itself under the process's
 // worker id, while the process's only slot is busy, and checks that the
-// process gives the claim back and then runs the work once.
+// process gives the claim back and then runs the work once. (The process
+// itself must not claim the item meanwhile: its only slot is busy; see
+// TestLocalSlotsNeverOversubscribed.)
 func TestStrandedClaimReleased(t *testing.T) {
 	t.Parallel()
 	e := newAPIEnv(t)

@@ -77,7 +77,7 @@ type running struct {
 	idle          *sync.Cond // signaled when inflight shrinks
 	stopping      bool
 	dirty         bool // unclaimed work may remain: claim when a slot frees
-	reserved      int  // slots set aside for the loop's current iteration
+	reserved      int  // slots set aside for a claim in flight: the loop's current iteration's or the claimer's
 	lastHeartbeat time.Time
 	pending       []store.Result // results waiting to be flushed
 	released      []int64        // attempts given back on Stop
@@ -368,6 +368,10 @@ func (r *running) claimLoop() {
 func (r *running) claimAll() error {
 	p := r.p
 	for {
+		fns := p.funcNames()
+		if len(fns) == 0 {
+			return nil
+		}
 		r.mu.Lock()
 		free := p.cfg.Workers - len(r.inflight) - r.reserved
 		if r.stopping || free <= 0 {
@@ -375,21 +379,21 @@ func (r *running) claimAll() error {
 			r.mu.Unlock()
 			return nil
 		}
+		// The slots are reserved while the claim runs, as the loop's
+		// iteration reserves those it claims for: the same attempt's end
+		// wakes both, and each would otherwise count the slot as free.
+		limit := min(free, p.cfg.ClaimBatch)
+		r.reserved += limit
 		beat := time.Since(r.lastHeartbeat) > p.cfg.HeartbeatInterval/2
 		r.mu.Unlock()
-		fns := p.funcNames()
-		if len(fns) == 0 {
-			return nil
-		}
-		limit := min(free, p.cfg.ClaimBatch)
 		claimed, err := r.claim(fns, limit, beat)
+		r.mu.Lock()
+		r.reserved -= limit
 		if err != nil {
-			r.mu.Lock()
 			r.claimDoubt = time.Now()
 			r.mu.Unlock()
 			return err
 		}
-		r.mu.Lock()
 		if beat {
 			r.lastHeartbeat = time.Now()
 		}
@@ -476,6 +480,12 @@ func (r *running) begin(c store.Claimed) {
 	ctx, cancel := context.WithCancelCause(r.handlerBase)
 	a := &attempt{key: attemptKey{c.WorkID, c.Attempt}, ctx: ctx, cancel: cancel, claim: c}
 	r.inflight[a.key] = a
+	if len(r.inflight) > r.p.cfg.Workers {
+		// Every claim, the claimer's and the loop's, reserves its slots
+		// first; more attempts than Workers means a slot was counted twice.
+		r.p.log.Error(r.bgCtx, "worker: more attempts in flight than Workers",
+			"in_flight", len(r.inflight), "workers", r.p.cfg.Workers, "work_id", c.WorkID)
+	}
 	select {
 	case r.jobs <- a:
 	default:
