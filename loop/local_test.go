@@ -1,7 +1,6 @@
 package loop_test
 
 import (
-	"sync"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -10,9 +9,9 @@ import (
 )
 
 // resultSource is a loop.LocalWorkers with no slots that hands the loop a
-// fixed set of results once, as the workers of the leading process do.
+// fixed set of results once, as the workers of the leading process do. The
+// test calls Loop.Main itself, so every method runs on the test's goroutine.
 type resultSource struct {
-	mu       sync.Mutex
 	results  []store.Result
 	recorded []store.Recorded
 	returned []store.Result
@@ -25,8 +24,6 @@ func (r *resultSource) ReturnResults(taken []store.Result)                     {
 func (r *resultSource) ResultsRecorded(_ []store.Result, rec []store.Recorded) { r.recorded = rec }
 
 func (r *resultSource) TakeResults(limit int) []store.Result {
-	r.mu.Lock()
-	defer r.mu.Unlock()
 	n := min(limit, len(r.results))
 	taken := r.results[:n]
 	r.results = r.results[n:]
