@@ -15,6 +15,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"time"
 
 	"github.com/pgworkpool/pgworkpool/internal/pgtest"
@@ -27,10 +28,38 @@ func main() {
 	}
 	ctx, cancel := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer cancel()
-	if err := runMain(ctx, o, os.Stdout, os.Stderr); err != nil {
+	stopProfile, err := startCPUProfile(o.cpuProfile)
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
 	}
+	err = runMain(ctx, o, os.Stdout, os.Stderr)
+	stopProfile()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+// startCPUProfile writes a CPU profile of the whole run to path (nothing
+// when path is empty), for `go tool pprof`: the bench's own process holds
+// both systems' client side, so profile one system at a time (-system).
+func startCPUProfile(path string) (stop func(), err error) {
+	if path == "" {
+		return func() {}, nil
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, fmt.Errorf("cpu profile: %w", err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("cpu profile: %w", err)
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		f.Close()
+	}, nil
 }
 
 // runMain starts the throwaway server (or uses DATABASE_URL), runs the
@@ -68,6 +97,8 @@ type options struct {
 	// zero keeps the library defaults.
 	wpCooldown time.Duration
 	wpPoll     time.Duration
+	// cpuProfile is where to write a CPU profile of the run ("": none).
+	cpuProfile string
 }
 
 // modeDefaults are the values a mode uses for flags left unset.
@@ -106,6 +137,7 @@ func parseFlags(args []string, errOut io.Writer) (options, error) {
 	fs.DurationVar(&o.riverPoll, "river-poll", 0, "override River's FetchPollInterval")
 	fs.DurationVar(&o.wpCooldown, "cooldown", 0, "pgworkpool only: Config.Cooldown, how long the loop keeps polling after activity before it goes idle (default: the library's, 0)")
 	fs.DurationVar(&o.wpPoll, "poll-interval", 0, "pgworkpool only: Config.PollInterval, the polling period during a cooldown (default: the library's, 20ms)")
+	fs.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of the whole run to this file (go tool pprof); best with one -system")
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
