@@ -178,6 +178,8 @@ type LocalWorkers interface {
 	Reserve(max int) store.LocalClaim
 	// Deliver runs the attempts claimed for this process, after the
 	// iteration committed, and frees the reserved slots it did not use.
+	// The loop reuses starts' backing array: it is valid only during the
+	// call.
 	Deliver(claim store.LocalClaim, starts []store.Start)
 	// Unreserve frees the slots of an iteration that did not commit.
 	Unreserve(claim store.LocalClaim)
@@ -203,6 +205,13 @@ type Loop struct {
 	runTime  *stats.Sampler
 
 	mu sync.Mutex // serializes Main within this process
+	// startsBuf and deliverBuf are the backing arrays of the last
+	// iteration's starts, kept for the next one (Main is serialized): a
+	// busy loop reads thousands of starts per iteration, and growing fresh
+	// slices for them was a large share of the bytes a drain allocated,
+	// and so of its garbage collections. Emptied and cleared after each
+	// iteration, so no arguments outlive it.
+	startsBuf, deliverBuf []store.Start
 	// cache is the state this process wrote last; it equals the database's
 	// while the generation matches, which lets the first round trip carry
 	// the phases along with the state lock.
@@ -360,6 +369,8 @@ func (l *Loop) Main(ctx context.Context, generation int64) (Outcome, error) {
 	}
 	defer conn.Close()
 	it := &iteration{}
+	it.starts.Rows, it.deliver = l.startsBuf, l.deliverBuf
+	defer l.keepBuffers(it)
 	if l.cfg.Local != nil {
 		it.local = l.cfg.Local.Reserve(l.cfg.BatchSize)
 		it.results = l.cfg.Local.TakeResults(l.cfg.BatchSize)
@@ -395,6 +406,13 @@ func (l *Loop) Main(ctx context.Context, generation int64) (Outcome, error) {
 		it.out.Report = report
 	}
 	return it.out, nil
+}
+
+// keepBuffers keeps an iteration's start slices for the next one, empty.
+func (l *Loop) keepBuffers(it *iteration) {
+	clear(it.starts.Rows)
+	clear(it.deliver)
+	l.startsBuf, l.deliverBuf = it.starts.Rows[:0], it.deliver[:0]
 }
 
 // remember caches the state this iteration wrote.
@@ -614,7 +632,7 @@ func (l *Loop) starts(ctx context.Context, it *iteration) {
 	// this transaction.
 	it.running = st.Running
 	it.out.Started = st.Inserted
-	var mine []int64
+	mine := make([]int64, 0, len(rows))
 	remote := false
 	for _, r := range rows {
 		lag := max(it.st.Now.Sub(segments.Segment(r.Segment).Time()), 0)

@@ -770,7 +770,11 @@ func (r *running) TakeResults(limit int) []store.Result {
 	if !r.loopTakesResults() {
 		return nil
 	}
-	var taken, kept []store.Result
+	taken := make([]store.Result, 0, min(limit, len(r.pending)))
+	// The kept ones are filtered in place, so that pending keeps its
+	// backing array: refilled by every attempt's end, it would otherwise
+	// grow afresh between iterations.
+	kept := r.pending[:0]
 	for _, res := range r.pending {
 		if !res.OnComplete && len(taken) < limit {
 			taken = append(taken, res)
@@ -778,6 +782,7 @@ func (r *running) TakeResults(limit int) []store.Result {
 			kept = append(kept, res)
 		}
 	}
+	clear(r.pending[len(kept):])
 	r.pending = kept
 	return taken
 }

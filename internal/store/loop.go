@@ -307,9 +307,16 @@ type Completion struct {
 
 // Completions collects what TakeCompletionsOp read.
 type Completions struct {
-	Rows    []Completion
-	running map[int64]Completion
+	Rows []Completion
+	// running holds the marker rows by work id: only what they add to a
+	// completion, as the map is filled per iteration and its entries are
+	// otherwise large.
+	running map[int64]runningRow
 }
+
+// runningRow is what a marker row (a running row the statement deleted)
+// tells about its completion.
+type runningRow struct{ Fn, Label string }
 
 // resolve attaches the marker rows (running rows deleted) to completions.
 func (c *Completions) resolve() []Completion {
@@ -324,17 +331,19 @@ func (c *Completions) resolve() []Completion {
 // TakeCompletionsOp deletes up to limit completions in r and their running
 // rows (keeping running_count in step). Call Completions.Done after it ran.
 func (s *Store) TakeCompletionsOp(pool string, r Range, limit int, out *Completions) Op {
-	out.running = map[int64]Completion{}
+	out.running = map[int64]runningRow{}
+	var c Completion // scanned into once per statement (see RecordLocalResultsOp)
+	var marker bool
+	dest := []any{&c.WorkID, &c.Attempt, &c.Status, &c.Error, &c.Retry, &c.RunMs, &c.Segment,
+		&marker, &c.WorkExists, &c.Canceled, &c.Attempts, &c.BackoffMs, &c.BackoffBase,
+		&c.Fn, &c.Label, &c.CancelPending}
 	return s.op("takeCompletions", func(rows Row) error {
-		var c Completion
-		var marker bool
-		if err := rows.Scan(&c.WorkID, &c.Attempt, &c.Status, &c.Error, &c.Retry, &c.RunMs, &c.Segment,
-			&marker, &c.WorkExists, &c.Canceled, &c.Attempts, &c.BackoffMs, &c.BackoffBase,
-			&c.Fn, &c.Label, &c.CancelPending); err != nil {
+		c = Completion{}
+		if err := rows.Scan(dest...); err != nil {
 			return err
 		}
 		if marker {
-			out.running[c.WorkID] = c
+			out.running[c.WorkID] = runningRow{Fn: c.Fn, Label: c.Label}
 		} else {
 			out.Rows = append(out.Rows, c)
 		}
@@ -446,11 +455,13 @@ func (s *Store) StartWorkOp(pool string, r Range, limit int, local LocalClaim, o
 	if local.Fns == nil {
 		local.Fns = []string{}
 	}
+	var st Start // scanned into once per statement (see RecordLocalResultsOp)
+	var timeoutMs int64
+	dest := []any{&st.WorkID, &st.Segment, &st.Fn, &st.Label, &st.Attempt, &timeoutMs, &st.Mine, &st.Args,
+		&st.HasOnComplete, &out.Inserted, &out.Running, &out.Limit, &out.StartedAt}
 	return s.op("startWork", func(rows Row) error {
-		var st Start
-		var timeoutMs int64
-		if err := rows.Scan(&st.WorkID, &st.Segment, &st.Fn, &st.Label, &st.Attempt, &timeoutMs, &st.Mine, &st.Args,
-			&st.HasOnComplete, &out.Inserted, &out.Running, &out.Limit, &out.StartedAt); err != nil {
+		st = Start{}
+		if err := rows.Scan(dest...); err != nil {
 			return err
 		}
 		st.Timeout = time.Duration(timeoutMs) * time.Millisecond

@@ -322,18 +322,30 @@ type LocalRecorded struct {
 // RecordResultsOp, but a terminal result frees its slot at once instead of
 // queueing a completion (see the SQL), and no kick lock is taken.
 func (s *Store) RecordLocalResultsOp(pool string, results []Result, out *LocalRecorded) Op {
-	out.Completions.running = map[int64]Completion{}
+	// Sized for every result at once: the loop records thousands per
+	// iteration in a drain, and growing these by doubling was a third of
+	// the bytes the process allocated there.
+	out.Recorded = make([]Recorded, 0, len(results))
+	out.Completions.Rows = make([]Completion, 0, len(results))
+	out.Completions.running = make(map[int64]runningRow, len(results))
+	// Scanned into through one dest slice per statement, not per row:
+	// per-row variables whose addresses Scan takes, and Scan's variadic
+	// slice, would each be a heap allocation per row.
+	var (
+		rec       Recorded
+		c         Completion
+		marker    bool
+		fn, label sql.NullString
+	)
+	dest := []any{&rec.WorkID, &rec.Attempts, &rec.Status, &rec.Retry, &rec.OnComplete, &rec.Context,
+		&c.Attempt, &c.Error, &c.RunMs, &fn, &label, &marker}
 	return s.op("recordLocalResults", func(r Row) error {
-		var rec Recorded
-		var c Completion
-		var marker bool
-		var fn, label sql.NullString
-		if err := r.Scan(&rec.WorkID, &rec.Attempts, &rec.Status, &rec.Retry, &rec.OnComplete, &rec.Context,
-			&c.Attempt, &c.Error, &c.RunMs, &fn, &label, &marker); err != nil {
+		rec, c = Recorded{}, Completion{}
+		if err := r.Scan(dest...); err != nil {
 			return err
 		}
 		if marker {
-			out.Completions.running[rec.WorkID] = Completion{Fn: fn.String, Label: label.String}
+			out.Completions.running[rec.WorkID] = runningRow{Fn: fn.String, Label: label.String}
 			return nil
 		}
 		out.Recorded = append(out.Recorded, rec)
