@@ -770,13 +770,18 @@ func (r *running) TakeResults(limit int) []store.Result {
 	if !r.loopTakesResults() {
 		return nil
 	}
+	return r.takePending(limit, func(res store.Result) bool { return !res.OnComplete })
+}
+
+// takePending removes and returns up to limit pending results that take
+// accepts, keeping the others in order; r.mu is held. The kept ones are
+// filtered in place, so that pending keeps its backing array: refilled by
+// every attempt's end, it would otherwise grow afresh after each take.
+func (r *running) takePending(limit int, take func(store.Result) bool) []store.Result {
 	taken := make([]store.Result, 0, min(limit, len(r.pending)))
-	// The kept ones are filtered in place, so that pending keeps its
-	// backing array: refilled by every attempt's end, it would otherwise
-	// grow afresh between iterations.
 	kept := r.pending[:0]
 	for _, res := range r.pending {
-		if !res.OnComplete && len(taken) < limit {
+		if len(taken) < limit && take(res) {
 			taken = append(taken, res)
 		} else {
 			kept = append(kept, res)
@@ -825,15 +830,7 @@ func (r *running) flushLoop() {
 		for {
 			r.mu.Lock()
 			loopTakes := !stopping && r.loopTakesResults()
-			var batch, kept []store.Result
-			for _, res := range r.pending {
-				if len(batch) < flushBatch && (res.OnComplete || !loopTakes) {
-					batch = append(batch, res)
-				} else {
-					kept = append(kept, res)
-				}
-			}
-			r.pending = kept
+			batch := r.takePending(flushBatch, func(res store.Result) bool { return res.OnComplete || !loopTakes })
 			r.mu.Unlock()
 			if len(batch) == 0 {
 				break
