@@ -19,17 +19,11 @@ func TestAPIParallelismLimit(t *testing.T) {
 	t.Parallel()
 	e := newAPIEnv(t)
 	p := e.pool(workpool.Config{MaxParallelism: 3, Workers: 12})
-	var inflight, peak atomic.Int32
+	var running concurrency
 	f := mustRegister(t, p, "f", func(ctx context.Context, a num) (int, error) {
-		n := inflight.Add(1)
-		for {
-			m := peak.Load()
-			if n <= m || peak.CompareAndSwap(m, n) {
-				break
-			}
-		}
+		running.enter()
 		time.Sleep(15 * time.Millisecond) // the work
-		inflight.Add(-1)
+		running.leave()
 		return a.N, nil
 	})
 	done := mustOnComplete(t, e, p, "done")
@@ -41,9 +35,9 @@ func TestAPIParallelismLimit(t *testing.T) {
 	_, err := p.EnqueueBatch(context.Background(), f, args, workpool.OnComplete(done, ""))
 	require.NoError(t, err)
 	waitFor(t, 30*time.Second, "60 completions", func() bool { return e.completionsCount() == 60 })
-	t.Logf("peak concurrency %d", peak.Load())
-	assert.LessOrEqual(t, peak.Load(), int32(3))
-	assert.GreaterOrEqual(t, peak.Load(), int32(1))
+	t.Logf("peak concurrency %d", running.peak.Load())
+	assert.LessOrEqual(t, running.peak.Load(), int32(3))
+	assert.GreaterOrEqual(t, running.peak.Load(), int32(1))
 }
 
 // TestAPISetMaxParallelism: 0 pauses the pool (running work finishes and is

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -17,6 +18,23 @@ import (
 )
 
 // Helpers shared by the api_*_test.go files.
+
+// concurrency counts the handlers running at once and keeps the peak, for
+// the tests of a concurrency limit. Handlers call enter when they begin
+// and leave when they return.
+type concurrency struct{ now, peak atomic.Int32 }
+
+func (c *concurrency) enter() {
+	n := c.now.Add(1)
+	for {
+		m := c.peak.Load()
+		if n <= m || c.peak.CompareAndSwap(m, n) {
+			return
+		}
+	}
+}
+
+func (c *concurrency) leave() { c.now.Add(-1) }
 
 // newAPIEnv is newEnv plus a cleanup that runs after the test's pools have
 // stopped and before the schema is dropped: it waits until no server

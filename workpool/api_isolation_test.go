@@ -18,7 +18,7 @@ type isolatedPool struct {
 	p              *workpool.Pool
 	f              *workpool.Func[num, int]
 	done           *workpool.OnCompleteHandler[string, int]
-	inflight, peak atomic.Int32
+	running        concurrency
 	calls          atomic.Int32
 	blockerStarted chan struct{}
 	release        chan struct{}
@@ -34,15 +34,9 @@ func newIsolatedPool(t *testing.T, e *env, name string, limit int) *isolatedPool
 			<-ip.release
 			return a.N, nil
 		}
-		n := ip.inflight.Add(1)
-		for {
-			m := ip.peak.Load()
-			if n <= m || ip.peak.CompareAndSwap(m, n) {
-				break
-			}
-		}
+		ip.running.enter()
 		time.Sleep(10 * time.Millisecond) // the work
-		ip.inflight.Add(-1)
+		ip.running.leave()
 		return a.N, nil
 	})
 	ip.done = mustOnComplete(t, e, ip.p, "done")
@@ -81,9 +75,9 @@ func TestAPITwoPoolsIsolated(t *testing.T) {
 	waitFor(t, 30*time.Second, "both runs to complete", func() bool {
 		return e.completionsWhere("a run") == 12 && e.completionsWhere("b run") == 20
 	})
-	t.Logf("peak concurrency: a %d (limit 1), b %d (limit 3)", a.peak.Load(), b.peak.Load())
-	assert.LessOrEqual(t, a.peak.Load(), int32(1))
-	assert.LessOrEqual(t, b.peak.Load(), int32(3))
+	t.Logf("peak concurrency: a %d (limit 1), b %d (limit 3)", a.running.peak.Load(), b.running.peak.Load())
+	assert.LessOrEqual(t, a.running.peak.Load(), int32(1))
+	assert.LessOrEqual(t, b.running.peak.Load(), int32(3))
 	waitFor(t, 10*time.Second, "the counters", func() bool {
 		sa, err := a.p.Stats(ctx)
 		require.NoError(t, err)

@@ -28,18 +28,13 @@ func TestLocalSlotsNeverOversubscribed(t *testing.T) {
 	const workers, items = 2, 600
 	logs := &logCapture{}
 	p := e.pool(workpool.Config{MaxParallelism: 40, Workers: workers, Logger: logs.logger()})
-	var now, peak, runs atomic.Int32
+	var running concurrency
+	var runs atomic.Int32
 	done := make(chan struct{})
 	f := mustRegister(t, p, "f", func(ctx context.Context, a num) (int, error) {
-		n := now.Add(1)
-		for {
-			old := peak.Load()
-			if n <= old || peak.CompareAndSwap(old, n) {
-				break
-			}
-		}
+		running.enter()
 		time.Sleep(time.Duration(a.N%3) * 200 * time.Microsecond) // the work
-		now.Add(-1)
+		running.leave()
 		if runs.Add(1) == items {
 			close(done)
 		}
@@ -58,7 +53,7 @@ func TestLocalSlotsNeverOversubscribed(t *testing.T) {
 		require.NoError(t, err)
 	}
 	recv(t, done, 60*time.Second, "every item to run")
-	assert.LessOrEqual(t, peak.Load(), int32(workers), "handlers running at once in one process")
+	assert.LessOrEqual(t, running.peak.Load(), int32(workers), "handlers running at once in one process")
 	assert.Empty(t, logs.lines("worker: more attempts in flight than Workers"))
 	assert.Equal(t, int32(items), runs.Load())
 }
