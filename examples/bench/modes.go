@@ -258,7 +258,7 @@ func (e *env) backlog(ctx context.Context, sys system, res *result) error {
 		if !e.o.backlogSettle {
 			return nil
 		}
-		return e.settleSchema(ctx, schemaOf(sys.name()))
+		return e.settleSchema(ctx, sys.schema())
 	})
 	if err != nil {
 		return fmt.Errorf("drain with backlog: %w", err)

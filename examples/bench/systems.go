@@ -38,18 +38,12 @@ const (
 // more than that (the backlog's future rows); each call is one transaction.
 const bulkChunk = 100_000
 
-// schemaOf returns the schema a system's tables live in.
-func schemaOf(system string) string {
-	if system == sysRiver {
-		return schemaRiver
-	}
-	return schemaPgworkpool
-}
-
 // system is one queue implementation on one database: it owns its
 // connections and its schema, and makes instances (a pool or a client).
 type system interface {
 	name() string
+	// schema is the schema the system's tables live in.
+	schema() string
 	// reset drops the system's schema and installs it afresh.
 	reset(ctx context.Context) error
 	// drop removes the system's schema.
@@ -94,7 +88,8 @@ func newWPSystem(connCfg *pgx.ConnConfig, conns int, cooldown, poll time.Duratio
 	return &wpSystem{db: bun.NewDB(sqlDB, pgdialect.New()), conns: conns, log: log, cooldown: cooldown, poll: poll}
 }
 
-func (s *wpSystem) name() string { return sysPgworkpool }
+func (s *wpSystem) name() string   { return sysPgworkpool }
+func (s *wpSystem) schema() string { return schemaPgworkpool }
 
 func (s *wpSystem) reset(ctx context.Context) error {
 	if err := s.drop(ctx); err != nil {
@@ -233,7 +228,8 @@ func newRiverSystem(ctx context.Context, connCfg *pgx.ConnConfig, conns int, s r
 	return &riverSystem{pool: pool, conns: conns, s: s, log: log}, nil
 }
 
-func (s *riverSystem) name() string { return sysRiver }
+func (s *riverSystem) name() string   { return sysRiver }
+func (s *riverSystem) schema() string { return schemaRiver }
 
 func (s *riverSystem) reset(ctx context.Context) error {
 	if err := s.drop(ctx); err != nil {
