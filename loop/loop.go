@@ -340,6 +340,9 @@ type iteration struct {
 	retryDue int64
 	final    []store.Op // statements of the last round trip, before COMMIT
 	out      Outcome
+	// ahead, if set, is a producer's transaction to send ahead of the
+	// iteration in its first round trip.
+	ahead *ahead
 }
 
 func (it *iteration) signal(b byte) {
@@ -361,6 +364,34 @@ func (it *iteration) payload() string {
 
 // Main runs one iteration as one transaction; see the package doc.
 func (l *Loop) Main(ctx context.Context, generation int64) (Outcome, error) {
+	return l.main(ctx, generation, nil)
+}
+
+// errAheadNotRun answers a transaction sent to run ahead of an iteration
+// whose statements were never sent: its producer runs it on its own.
+var errAheadNotRun = errors.New("pgworkpool: loop: not run ahead of an iteration")
+
+// ahead is a producer's transaction (BEGIN ... COMMIT) that rides in the
+// first round trip of an iteration, ahead of it, on the iteration's
+// connection (see Driver.RunAhead). done receives, once, nil when its
+// COMMIT ran, its error when it failed, and errAheadNotRun when it was not
+// sent.
+type ahead struct {
+	ops  []store.Op
+	done chan error // buffered, so that answering never blocks
+	once sync.Once
+}
+
+// answer tells the producer how its transaction went; only the first
+// answer counts. A nil ahead has no producer.
+func (a *ahead) answer(err error) {
+	if a != nil {
+		a.once.Do(func() { a.done <- err })
+	}
+}
+
+func (l *Loop) main(ctx context.Context, generation int64, a *ahead) (Outcome, error) {
+	defer a.answer(errAheadNotRun) // a no-op once iterate answered
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	conn, err := l.cfg.DB.Conn(ctx)
@@ -368,7 +399,7 @@ func (l *Loop) Main(ctx context.Context, generation int64) (Outcome, error) {
 		return Outcome{}, fmt.Errorf("pgworkpool: loop: %w", err)
 	}
 	defer conn.Close()
-	it := &iteration{}
+	it := &iteration{ahead: a}
 	it.starts.Rows, it.deliver = l.startsBuf, l.deliverBuf
 	defer l.keepBuffers(it)
 	if l.cfg.Local != nil {
@@ -458,7 +489,11 @@ func (l *Loop) phases(st store.State, recoveryIter bool, it *iteration) []store.
 func (l *Loop) iterate(ctx context.Context, conn *sql.Conn, generation int64, it *iteration) (*stats.Report, error) {
 	s, pool, log := l.cfg.Store, l.cfg.Pool, l.cfg.Logger
 	var st store.State
-	first := []store.Op{store.Raw("BEGIN"), s.LockStateOp(pool, generation, l.cfg.StatementTimeout, &st)}
+	var first []store.Op
+	if it.ahead != nil {
+		first = append(first, it.ahead.ops...)
+	}
+	first = append(first, store.Raw("BEGIN"), s.LockStateOp(pool, generation, l.cfg.StatementTimeout, &st))
 	cached := l.cache.valid && l.cache.state.Generation == generation
 	if cached {
 		c := l.cache.state
@@ -466,7 +501,17 @@ func (l *Loop) iterate(ctx context.Context, conn *sql.Conn, generation int64, it
 		it.recovery = c.RunningCount > 0 && segments.Segment(c.NowSegment+elapsed-c.LastRecovery) >= l.recoveryPeriod()
 		first = append(first, l.phases(c, it.recovery, it)...)
 	}
-	if err := store.Pipeline(ctx, conn, first...); err != nil {
+	failedAt, err := store.PipelineAt(ctx, conn, first...)
+	if it.ahead != nil {
+		if failedAt < len(it.ahead.ops) {
+			// The producer's transaction failed, and the iteration's
+			// statements behind it did not run.
+			it.ahead.answer(err)
+		} else {
+			it.ahead.answer(nil)
+		}
+	}
+	if err != nil {
 		return nil, err
 	}
 	if !st.Found {

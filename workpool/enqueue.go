@@ -298,9 +298,12 @@ func asList(args any) ([]any, error) {
 	return out, nil
 }
 
-// enqueueOwnTx runs an enqueue as one pipelined implicit transaction (one
-// round trip: the inserts, then the kick) and, after the commit, kicks this
-// process's driver directly if it leads.
+// enqueueOwnTx runs an enqueue as one pipelined transaction (one round
+// trip: the inserts, then the kick). In the leading process, while its
+// loop waits for work, the transaction rides ahead of the iteration that
+// starts the work, in that iteration's first round trip
+// (loop.Driver.RunAhead); otherwise it commits on its own and, after the
+// commit, kicks this process's driver directly if it leads.
 func (p *Pool) enqueueOwnTx(ctx context.Context, fn Handle, args []any, opts []Option) ([]WorkID, error) {
 	pr, err := p.prepare(ctx, fn, args, opts)
 	if err != nil {
@@ -312,11 +315,6 @@ func (p *Pool) enqueueOwnTx(ctx context.Context, fn Handle, args []any, opts []O
 	if err := p.ensure(ctx); err != nil {
 		return nil, err
 	}
-	conn, err := p.sqlDB.Conn(ctx)
-	if err != nil {
-		return nil, p.wrapDBError("enqueue", err)
-	}
-	defer conn.Close()
 	w := pr.work
 	ops := []store.Op{store.PlanSettings()}
 	var chunks []*store.Inserted
@@ -330,8 +328,16 @@ func (p *Pool) enqueueOwnTx(ctx context.Context, fn Handle, args []any, opts []O
 	}
 	var kicked bool // the NOTIFY reaches other processes; this one is woken below
 	ops = append(ops, p.store.KickOp(p.cfg.Name, p.keys, store.KickSource{Due: dueHint(w), StartsOnly: true, Origin: p.origin}, &kicked))
-	if err := store.Pipeline(ctx, conn, ops...); err != nil {
-		p.kickLocal() // the commit may have happened, and the kick carried p.origin
+	ran, err := p.runAhead(ops)
+	if !ran {
+		err = p.pipeline(ctx, ops)
+		// Wake this process's driver even if the kick found the loop
+		// running: it may be polling because this enqueue held the kick
+		// lock. After an error too: the commit may have happened, and the
+		// kick carried p.origin.
+		p.kickLocal()
+	}
+	if err != nil {
 		return nil, p.wrapDBError("enqueue", err)
 	}
 	ids := make([]WorkID, 0, len(w.Args))
@@ -341,10 +347,31 @@ func (p *Pool) enqueueOwnTx(ctx context.Context, fn Handle, args []any, opts []O
 		}
 	}
 	p.enqueuedEvents(ctx, w, ids, chunks[0].Segment)
-	// Wake this process's driver even if the kick found the loop running:
-	// it may be polling because this enqueue held the kick lock.
-	p.kickLocal()
 	return ids, nil
+}
+
+// runAhead runs the statements of a transaction of ours ahead of an
+// iteration of this process's loop if it leads and waits for work (see
+// loop.Driver.RunAhead), and reports whether it did.
+func (p *Pool) runAhead(ops []store.Op) (ran bool, err error) {
+	r := p.runState()
+	if r == nil {
+		return false, nil
+	}
+	tx := make([]store.Op, 0, len(ops)+2)
+	tx = append(append(append(tx, store.Raw("BEGIN")), ops...), store.Raw("COMMIT"))
+	return r.driver.RunAhead(tx)
+}
+
+// pipeline runs ops in one round trip, as one implicit transaction, on a
+// connection of the pool.
+func (p *Pool) pipeline(ctx context.Context, ops []store.Op) error {
+	conn, err := p.sqlDB.Conn(ctx)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	return store.Pipeline(ctx, conn, ops...)
 }
 
 // dueHint estimates, on this process's clock, the segment from which

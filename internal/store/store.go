@@ -221,7 +221,18 @@ func runOne(ctx context.Context, q Querier, op Op) error {
 // connection) they run in that transaction. It returns the first error; the
 // statements after a failed one fail too, and the caller rolls back.
 func Pipeline(ctx context.Context, conn *sql.Conn, ops ...Op) error {
-	return conn.Raw(func(dc any) error {
+	_, err := PipelineAt(ctx, conn, ops...)
+	return err
+}
+
+// PipelineAt is Pipeline that also says which op failed first: its index
+// in ops, len(ops) when none did, and 0 when the batch failed as a whole
+// (nothing is then known to have run). A caller that put a transaction of
+// its own ahead of others in one round trip learns from it whether that
+// transaction's COMMIT ran.
+func PipelineAt(ctx context.Context, conn *sql.Conn, ops ...Op) (int, error) {
+	failedAt := -1
+	err := conn.Raw(func(dc any) error {
 		sc, ok := dc.(*stdlib.Conn)
 		if !ok {
 			return fmt.Errorf("pipeline: driver connection is %T, want pgx stdlib", dc)
@@ -232,9 +243,9 @@ func Pipeline(ctx context.Context, conn *sql.Conn, ops ...Op) error {
 		}
 		br := sc.Conn().SendBatch(ctx, &b)
 		var first error
-		for _, op := range ops {
+		for i, op := range ops {
 			if err := readBatch(br, op); err != nil && first == nil {
-				first = fmt.Errorf("%s: %w", op.name, err)
+				first, failedAt = fmt.Errorf("%s: %w", op.name, err), i
 			}
 		}
 		if err := br.Close(); err != nil && first == nil {
@@ -242,6 +253,13 @@ func Pipeline(ctx context.Context, conn *sql.Conn, ops ...Op) error {
 		}
 		return first
 	})
+	switch {
+	case err == nil:
+		failedAt = len(ops)
+	case failedAt < 0:
+		failedAt = 0
+	}
+	return failedAt, err
 }
 
 func readBatch(br pgx.BatchResults, op Op) error {
