@@ -65,9 +65,9 @@ type DriverConfig struct {
 type Driver struct {
 	cfg    DriverConfig
 	kickCh chan struct{}
-	// aheadCh is unbuffered: a send succeeds only while the driver waits
-	// for something to do (see RunAhead).
-	aheadCh chan *ahead
+	// carryCh is unbuffered: a send succeeds only while the driver waits
+	// for something to do (see RunInIteration).
+	carryCh chan *carried
 
 	leader     atomic.Bool
 	iterations atomic.Int64
@@ -90,7 +90,7 @@ func NewDriver(cfg DriverConfig) *Driver {
 	if cfg.OnLeaderChange == nil {
 		cfg.OnLeaderChange = func(bool) {}
 	}
-	return &Driver{cfg: cfg, kickCh: make(chan struct{}, 1), aheadCh: make(chan *ahead)}
+	return &Driver{cfg: cfg, kickCh: make(chan struct{}, 1), carryCh: make(chan *carried)}
 }
 
 // Leader reports whether this process currently runs the pool's loop.
@@ -110,32 +110,37 @@ func (d *Driver) Kick() {
 	}
 }
 
-// RunAhead offers a producer's transaction, ops from BEGIN to COMMIT, to
-// run in the first round trip of an iteration that the driver starts at
-// once, on the iteration's connection, followed by the iteration itself.
-// The work it writes then starts one round trip and one wake-up of an idle
-// connection sooner than after a commit of its own and a kick: measured at
-// 50 enqueues/s, that is most of what separated our enqueue-to-start
+// RunInIteration offers a producer's statements, which must not begin or
+// end a transaction, to run inside the transaction of an iteration that
+// the driver starts at once, right after its state lock, so that the
+// iteration's phases see their rows: the work an enqueue writes then starts
+// in the same transaction, one commit (an fsync) and one wake-up of an
+// idle connection sooner than after a commit of its own and a kick.
+// Measured at 50 enqueues/s, that was what separated our enqueue-to-start
 // latency from River's, whose fetch follows its insert directly.
 //
-// It returns ran false, having done nothing, unless this process leads
-// and the driver is waiting for work: a driver busy iterating would make
-// the producer wait for iterations that are not its own, so the producer
-// commits by itself and kicks as usual. With ran true, err is nil when
-// the transaction's COMMIT ran, or the error that stopped it; the
-// iteration then ran or failed on its own account, which is the driver's
-// business.
-func (d *Driver) RunAhead(ops []store.Op) (ran bool, err error) {
+// It returns ran false, having committed nothing, when this process does
+// not lead, when the driver is busy iterating (the producer would wait for
+// iterations that are not its own), or when the iteration did not commit
+// for a reason of its own (a stale generation, a failed statement of the
+// loop): the producer then commits by itself and kicks, as usual. With ran
+// true, err is nil when the iteration committed the statements, or the
+// error that stopped them, or that lost the answer to the COMMIT (whose
+// outcome is then unknown, as for any transaction).
+//
+// The statements' own kick lock does not hold the iteration back: a
+// transaction does not conflict with its own locks.
+func (d *Driver) RunInIteration(ops []store.Op) (ran bool, err error) {
 	if !d.leader.Load() {
 		return false, nil
 	}
-	a := &ahead{ops: ops, done: make(chan error, 1)}
+	c := &carried{ops: ops, done: make(chan error, 1)}
 	select {
-	case d.aheadCh <- a:
+	case d.carryCh <- c:
 	default:
 		return false, nil
 	}
-	if err := <-a.done; !errors.Is(err, errAheadNotRun) {
+	if err := <-c.done; !errors.Is(err, errNotCarried) {
 		return true, err
 	}
 	return false, nil
@@ -323,22 +328,22 @@ func (d *Driver) runIterations(ctx context.Context) {
 	timer.Stop()
 	generation := int64(-1)
 	for {
-		var a *ahead
+		var c *carried
 		select {
 		case <-ctx.Done():
 			timer.Stop()
 			return
 		case <-d.kickCh:
 		case <-timer.C:
-		case a = <-d.aheadCh:
+		case c = <-d.carryCh:
 		}
 		if !d.leader.Load() {
-			a.answer(errAheadNotRun)
+			c.answer(errNotCarried)
 			timer.Stop()
 			continue
 		}
 		var wake time.Duration
-		generation, wake = d.iterateUntilQuiet(ctx, generation, a)
+		generation, wake = d.iterateUntilQuiet(ctx, generation, c)
 		timer.Stop()
 		if wake >= 0 {
 			timer.Reset(wake)
@@ -348,9 +353,9 @@ func (d *Driver) runIterations(ctx context.Context) {
 
 // iterateUntilQuiet runs iterations until the loop goes scheduled or idle,
 // and returns the generation and when to wake (-1: only on a kick). The
-// first iteration carries a, if set (see RunAhead).
-func (d *Driver) iterateUntilQuiet(ctx context.Context, generation int64, a *ahead) (int64, time.Duration) {
-	defer a.answer(errAheadNotRun) // a no-op once an iteration answered
+// first iteration carries c, if set (see RunInIteration).
+func (d *Driver) iterateUntilQuiet(ctx context.Context, generation int64, c *carried) (int64, time.Duration) {
+	defer c.answer(errNotCarried) // a no-op once an iteration answered
 	log, lp := d.cfg.Logger, d.cfg.Loop
 	// A poll follows a failed try-lock (a producer was in flight) or a
 	// cooldown; producers of this process wake the driver when they
@@ -361,8 +366,8 @@ func (d *Driver) iterateUntilQuiet(ctx context.Context, generation int64, a *ahe
 		if generation < 0 {
 			g, err := lp.cfg.Store.ReadGeneration(ctx, lp.cfg.DB, lp.cfg.Pool)
 			if err != nil {
-				a.answer(errAheadNotRun) // its producer need not wait out the backoff
-				if ctx.Err() == nil {    // a canceled ctx is Stop, not a failure
+				c.answer(errNotCarried) // its producer need not wait out the backoff
+				if ctx.Err() == nil {   // a canceled ctx is Stop, not a failure
 					log.Warn(ctx, "loop: cannot read generation", "error", err)
 				}
 				d.wait(ctx, errBackoff)
@@ -375,8 +380,8 @@ func (d *Driver) iterateUntilQuiet(ctx context.Context, generation int64, a *ahe
 		// canceled client leaves its statement running on the server with
 		// the iteration's locks. Only the timeout applies.
 		ictx, cancel := context.WithTimeout(context.WithoutCancel(ctx), d.cfg.IterationTimeout)
-		out, err := lp.main(ictx, generation, a)
-		a = nil
+		out, err := lp.main(ictx, generation, c)
+		c = nil
 		cancel()
 		d.iterations.Add(1)
 		if err != nil {

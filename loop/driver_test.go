@@ -303,41 +303,36 @@ func TestLongProducerTransactionKeepsLoopAwake(t *testing.T) {
 	assert.Equal(t, int64(1), h.scalar("SELECT count(*) FROM {s}.running WHERE work_id = ?", ids[0]))
 }
 
-// aheadOps returns the statements of one enqueue as Pool.Enqueue sends
-// them ahead of an iteration (Driver.RunAhead): insert and kick between
-// BEGIN and COMMIT, the kick carrying origin. extra go before the COMMIT.
-func (h *harness) aheadOps(origin string, out *store.Inserted, extra ...store.Op) []store.Op {
-	var kicked bool
-	ops := []store.Op{store.Raw("BEGIN"), h.st.InsertWorkOp(store.NewWork{
+// carriedOps returns the insert of one enqueue as Pool.Enqueue hands it to
+// Driver.RunInIteration, followed by extra.
+func (h *harness) carriedOps(out *store.Inserted, extra ...store.Op) []store.Op {
+	return append([]store.Op{h.st.InsertWorkOp(store.NewWork{
 		Pool: pool, Fn: "fn", MaxAttempts: 1, BackoffBase: 1, TimeoutMs: 60000,
 		Labels: []string{""}, Args: []string{"{}"}, Contexts: []string{""},
-	}, h.keys.KickLock, out),
-		h.st.KickOp(pool, h.keys, store.KickSource{StartsOnly: true, Origin: origin}, &kicked)}
-	return append(append(ops, extra...), store.Raw("COMMIT"))
+	}, h.keys.KickLock, out)}, extra...)
 }
 
-// runAhead offers ops to p's driver until it takes them, which it does
-// only while it leads and waits for work.
-func runAhead(t *testing.T, p *process, ops []store.Op) error {
+// runInIteration offers ops to p's driver until it takes them, which it
+// does only while it leads and waits for work.
+func runInIteration(t *testing.T, p *process, ops []store.Op) error {
 	t.Helper()
 	var err error
 	require.Eventually(t, func() bool {
 		var ran bool
-		ran, err = p.driver.RunAhead(ops)
+		ran, err = p.driver.RunInIteration(ops)
 		return ran
-	}, 5*time.Second, time.Millisecond, "the leading driver never took a transaction to run ahead")
+	}, 5*time.Second, time.Millisecond, "the leading driver never took statements to carry")
 	return err
 }
 
-// TestRunAheadStartsWorkInTheSameIteration: a producer's transaction sent
-// ahead of an iteration commits, and the iteration behind it, in the same
-// round trip, starts its work: one iteration per item, no kick needed.
-func TestRunAheadStartsWorkInTheSameIteration(t *testing.T) {
+// TestRunInIterationStartsWorkInTheSameTransaction: an enqueue carried by
+// an iteration commits with it, and that iteration starts its work: one
+// iteration per item, and no kick.
+func TestRunInIterationStartsWorkInTheSameTransaction(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t, harnessOpts{maxParallelism: 1000})
-	p := h.startProcessFrom(t, "only", "42")
+	p := h.startProcess(t, "only")
 	waitLeader(t, []*process{p}, 10*time.Second)
-
 	// Let the iterations of taking the lead pass (at most one more may
 	// still be counted below).
 	before := p.driver.Iterations()
@@ -348,31 +343,28 @@ func TestRunAheadStartsWorkInTheSameIteration(t *testing.T) {
 	const rounds = 10
 	for i := range rounds {
 		var out store.Inserted
-		require.NoError(t, runAhead(t, p, h.aheadOps("42", &out)))
+		require.NoError(t, runInIteration(t, p, h.carriedOps(&out)))
 		require.Len(t, out.IDs, 1)
+		// Committed with the iteration that started it: running already.
+		assert.Equal(t, int64(1), h.scalar("SELECT count(*) FROM {s}.running WHERE work_id = ?", out.IDs[0]), "round %d", i)
 		h.waitRunning(t, p, int64(i+1), fmt.Sprintf("round %d", i))
-		assert.Equal(t, int64(1), h.scalar("SELECT count(*) FROM {s}.running WHERE work_id = ?", out.IDs[0]))
-		h.fence(t, p) // the kick's notification, ignored, costs nothing
 	}
-	// One iteration per item (give or take the one of taking the lead):
-	// the driver took each transaction while it waited for work, and no
-	// kick was needed after it.
 	assert.LessOrEqual(t, p.driver.Iterations()-start, int64(rounds+1))
 	assert.Zero(t, h.scalar("SELECT count(*) FROM {s}.pending_start"))
 	h.checkRunningCount()
 }
 
-// TestRunAheadFailureWritesNothing: a transaction that fails ahead of an
-// iteration is reported to its producer, writes nothing, and leaves the
-// driver serving kicks.
-func TestRunAheadFailureWritesNothing(t *testing.T) {
+// TestRunInIterationFailureWritesNothing: carried statements that fail are
+// reported to their producer, commit nothing, and leave the driver serving
+// kicks.
+func TestRunInIterationFailureWritesNothing(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t, harnessOpts{maxParallelism: 1000})
-	p := h.startProcessFrom(t, "only", "42")
+	p := h.startProcess(t, "only")
 	waitLeader(t, []*process{p}, 10*time.Second)
 
 	var out store.Inserted
-	err := runAhead(t, p, h.aheadOps("42", &out, store.Raw("SELECT 1/0")))
+	err := runInIteration(t, p, h.carriedOps(&out, store.Raw("SELECT 1/0")))
 	var pgErr *pgconn.PgError
 	require.ErrorAs(t, err, &pgErr)
 	assert.Equal(t, "22012", pgErr.Code, "division by zero")
@@ -381,14 +373,41 @@ func TestRunAheadFailureWritesNothing(t *testing.T) {
 
 	h.enqueue(t)
 	h.waitRunning(t, p, 1, "an enqueue after the failure")
-	require.NoError(t, runAhead(t, p, h.aheadOps("42", &out)))
-	h.waitRunning(t, p, 2, "a transaction ahead after the failure")
+	require.NoError(t, runInIteration(t, p, h.carriedOps(&store.Inserted{})))
+	h.waitRunning(t, p, 2, "a carried enqueue after the failure")
 	h.checkRunningCount()
 }
 
-// TestRunAheadOnlyOnTheLeader: a driver that does not lead declines, and
-// its producer commits by itself.
-func TestRunAheadOnlyOnTheLeader(t *testing.T) {
+// TestRunInIterationStaleGenerationDeclines: an iteration that finds its
+// generation stale rolls back, carried statements included, and declines
+// them, so that their producer commits them by itself.
+func TestRunInIterationStaleGenerationDeclines(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, harnessOpts{maxParallelism: 1000})
+	p := h.startProcess(t, "only")
+	waitLeader(t, []*process{p}, 10*time.Second)
+
+	var out store.Inserted
+	var ran bool
+	require.Eventually(t, func() bool {
+		// Another leader's iteration, as far as this driver can tell.
+		h.exec("UPDATE {s}.internal_state SET generation = generation + 1")
+		var err error
+		ran, err = p.driver.RunInIteration(h.carriedOps(&out))
+		require.NoError(t, err)
+		return len(out.IDs) > 0 // the insert ran: the driver took it
+	}, 5*time.Second, time.Millisecond)
+	assert.False(t, ran)
+	assert.Zero(t, h.scalar("SELECT count(*) FROM {s}.work"), "rolled back with the stale iteration")
+
+	// The driver carries on with the current generation.
+	h.enqueue(t)
+	h.waitRunning(t, p, 1, "an enqueue after the stale iteration")
+}
+
+// TestRunInIterationOnlyOnTheLeader: a driver that does not lead declines
+// at once.
+func TestRunInIterationOnlyOnTheLeader(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t, harnessOpts{maxParallelism: 1000})
 	procs := []*process{h.startProcess(t, "a"), h.startProcess(t, "b")}
@@ -398,7 +417,7 @@ func TestRunAheadOnlyOnTheLeader(t *testing.T) {
 		follower = procs[1]
 	}
 	var out store.Inserted
-	ran, err := follower.driver.RunAhead(h.aheadOps("", &out))
+	ran, err := follower.driver.RunInIteration(h.carriedOps(&out))
 	require.NoError(t, err)
 	assert.False(t, ran)
 	assert.Empty(t, out.IDs)

@@ -340,9 +340,12 @@ type iteration struct {
 	retryDue int64
 	final    []store.Op // statements of the last round trip, before COMMIT
 	out      Outcome
-	// ahead, if set, is a producer's transaction to send ahead of the
-	// iteration in its first round trip.
-	ahead *ahead
+	// carried, if set, are a producer's statements that run in the
+	// iteration's transaction; carriedFailed says they failed, and
+	// committing that the last round trip, with COMMIT, was sent.
+	carried       *carried
+	carriedFailed bool
+	committing    bool
 }
 
 func (it *iteration) signal(b byte) {
@@ -367,31 +370,36 @@ func (l *Loop) Main(ctx context.Context, generation int64) (Outcome, error) {
 	return l.main(ctx, generation, nil)
 }
 
-// errAheadNotRun answers a transaction sent to run ahead of an iteration
-// whose statements were never sent: its producer runs it on its own.
-var errAheadNotRun = errors.New("pgworkpool: loop: not run ahead of an iteration")
+// carriedLockTimeout bounds each lock wait of an iteration that carries a
+// producer's statements (see iterate).
+const carriedLockTimeout = "SELECT set_config('lock_timeout', '1s', true)"
 
-// ahead is a producer's transaction (BEGIN ... COMMIT) that rides in the
-// first round trip of an iteration, ahead of it, on the iteration's
-// connection (see Driver.RunAhead). done receives, once, nil when its
-// COMMIT ran, its error when it failed, and errAheadNotRun when it was not
-// sent.
-type ahead struct {
+// errNotCarried answers a producer whose statements an iteration did not
+// commit and that are known not to have committed: it runs them on its own.
+var errNotCarried = errors.New("pgworkpool: loop: not carried by an iteration")
+
+// carried is a producer's statements that run inside the transaction of an
+// iteration, right after the state lock, so that the iteration's phases see
+// their rows (see Driver.RunInIteration). done receives, once, nil when the
+// iteration committed, errNotCarried when nothing committed and the
+// producer may run them on its own, and any other error when they failed
+// or the commit's outcome is unknown.
+type carried struct {
 	ops  []store.Op
 	done chan error // buffered, so that answering never blocks
 	once sync.Once
 }
 
-// answer tells the producer how its transaction went; only the first
-// answer counts. A nil ahead has no producer.
-func (a *ahead) answer(err error) {
-	if a != nil {
-		a.once.Do(func() { a.done <- err })
+// answer tells the producer how its statements went; only the first
+// answer counts. A nil carried has no producer.
+func (c *carried) answer(err error) {
+	if c != nil {
+		c.once.Do(func() { c.done <- err })
 	}
 }
 
-func (l *Loop) main(ctx context.Context, generation int64, a *ahead) (Outcome, error) {
-	defer a.answer(errAheadNotRun) // a no-op once iterate answered
+func (l *Loop) main(ctx context.Context, generation int64, c *carried) (Outcome, error) {
+	defer c.answer(errNotCarried) // a no-op once answered below
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	conn, err := l.cfg.DB.Conn(ctx)
@@ -399,7 +407,7 @@ func (l *Loop) main(ctx context.Context, generation int64, a *ahead) (Outcome, e
 		return Outcome{}, fmt.Errorf("pgworkpool: loop: %w", err)
 	}
 	defer conn.Close()
-	it := &iteration{ahead: a}
+	it := &iteration{carried: c}
 	it.starts.Rows, it.deliver = l.startsBuf, l.deliverBuf
 	defer l.keepBuffers(it)
 	if l.cfg.Local != nil {
@@ -407,6 +415,12 @@ func (l *Loop) main(ctx context.Context, generation int64, a *ahead) (Outcome, e
 		it.results = l.cfg.Local.TakeResults(l.cfg.BatchSize)
 	}
 	report, err := l.iterate(ctx, conn, generation, it)
+	switch {
+	case err == nil && !it.out.Stale:
+		c.answer(nil)
+	case err != nil && (it.carriedFailed || it.committing):
+		c.answer(err) // theirs, or a commit whose outcome is unknown
+	}
 	if err != nil || it.out.Stale {
 		// Roll back whatever ran; a fresh context, as ctx may be why we
 		// are leaving.
@@ -489,11 +503,15 @@ func (l *Loop) phases(st store.State, recoveryIter bool, it *iteration) []store.
 func (l *Loop) iterate(ctx context.Context, conn *sql.Conn, generation int64, it *iteration) (*stats.Report, error) {
 	s, pool, log := l.cfg.Store, l.cfg.Pool, l.cfg.Logger
 	var st store.State
-	var first []store.Op
-	if it.ahead != nil {
-		first = append(first, it.ahead.ops...)
+	first := []store.Op{store.Raw("BEGIN"), s.LockStateOp(pool, generation, l.cfg.StatementTimeout, &st)}
+	if it.carried != nil {
+		// Their producer waits for this transaction, and may hold a row
+		// that it would wait for (an onComplete's work row, when the
+		// onComplete enqueues with a context other than its own): give
+		// up waiting soon, so that the producer commits them by itself.
+		first = append(first, store.Raw(carriedLockTimeout))
+		first = append(first, it.carried.ops...)
 	}
-	first = append(first, store.Raw("BEGIN"), s.LockStateOp(pool, generation, l.cfg.StatementTimeout, &st))
 	cached := l.cache.valid && l.cache.state.Generation == generation
 	if cached {
 		c := l.cache.state
@@ -502,16 +520,8 @@ func (l *Loop) iterate(ctx context.Context, conn *sql.Conn, generation int64, it
 		first = append(first, l.phases(c, it.recovery, it)...)
 	}
 	failedAt, err := store.PipelineAt(ctx, conn, first...)
-	if it.ahead != nil {
-		if failedAt < len(it.ahead.ops) {
-			// The producer's transaction failed, and the iteration's
-			// statements behind it did not run.
-			it.ahead.answer(err)
-		} else {
-			it.ahead.answer(nil)
-		}
-	}
 	if err != nil {
+		it.carriedFailed = it.carried != nil && failedAt >= 3 && failedAt < 3+len(it.carried.ops)
 		return nil, err
 	}
 	if !st.Found {
@@ -569,6 +579,7 @@ func (l *Loop) iterate(ctx context.Context, conn *sql.Conn, generation int64, it
 		LastRecovery: it.lastRecovery, LastActivity: it.lastActivity,
 		Counters: it.counters,
 	}, l.keys.Channel, o.Signals), store.Raw("COMMIT"))
+	it.committing = true
 	if err := store.Pipeline(ctx, conn, last...); err != nil {
 		return nil, err
 	}

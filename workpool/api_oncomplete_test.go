@@ -157,3 +157,66 @@ func TestAPIOnCompleteErrors(t *testing.T) {
 	defer mu.Unlock()
 	assert.GreaterOrEqual(t, tries[ids["broken"]], 3)
 }
+
+// TestAPIOnCompleteMayEnqueue: an onComplete runs in a transaction that
+// holds its work row, and may enqueue. The enqueue must not wait for an
+// iteration of the loop that itself waits for that row: here a cancel of
+// the same work, queued without a kick, which the iteration that would
+// carry the enqueue consumes first (Driver.RunInIteration). With the
+// onComplete's own context the enqueue commits by itself; with another,
+// the iteration carrying it gives up waiting for the row after its lock
+// timeout, and the enqueue then commits by itself.
+func TestAPIOnCompleteMayEnqueue(t *testing.T) {
+	t.Parallel()
+	t.Run("own context", func(t *testing.T) {
+		t.Parallel()
+		logs := onCompleteEnqueues(t, func(ctx context.Context) context.Context { return ctx })
+		assert.Empty(t, logs.lines("loop: iteration failed, retrying"), "an iteration waited for the onComplete's row")
+	})
+	t.Run("another context", func(t *testing.T) {
+		t.Parallel()
+		onCompleteEnqueues(t, func(context.Context) context.Context { return context.Background() })
+	})
+}
+
+// onCompleteEnqueues runs the scenario of TestAPIOnCompleteMayEnqueue,
+// the onComplete enqueuing with the context that use returns, and returns
+// the pool's logs.
+func onCompleteEnqueues(t *testing.T, use func(context.Context) context.Context) *logCapture {
+	e := newAPIEnv(t)
+	logs := &logCapture{}
+	p := e.pool(workpool.Config{MaxParallelism: 4, Logger: logs.logger()})
+	f := mustRegister(t, p, "f", func(context.Context, num) (int, error) { return 1, nil })
+	next := make(chan num, 1)
+	g := mustRegister(t, p, "g", func(_ context.Context, a num) (int, error) {
+		next <- a
+		return 0, nil
+	})
+	enqueued := make(chan error, 1)
+	record := apiRecorder(e.schema)
+	done, err := workpool.RegisterOnComplete(p, "done", func(ctx context.Context, tx bun.Tx, c workpool.Completion[string, int]) error {
+		if err := record(ctx, tx, c); err != nil {
+			return err
+		}
+		// Committed at once, from outside this transaction, and no kick:
+		// the loop finds it in its next iteration.
+		if _, err := e.db.DB.ExecContext(ctx, "INSERT INTO "+e.schema+".pending_cancelation (pool, segment, work_id) "+
+			"SELECT pool, floor(extract(epoch FROM now()) * 10), id FROM "+e.schema+".work WHERE id = $1", int64(c.WorkID)); err != nil {
+			return err
+		}
+		_, err := p.Enqueue(use(ctx), g, num{N: 7})
+		enqueued <- err
+		return err
+	})
+	require.NoError(t, err)
+	start(t, p)
+
+	id := enqueue(t, p, f, num{N: 1}, workpool.OnComplete(done, "x"))
+	require.NoError(t, recv(t, enqueued, 20*time.Second, "the enqueue made by the onComplete (stuck behind its own work row?)"))
+	assert.Equal(t, 7, recv(t, next, 10*time.Second, "the enqueued work to run").N)
+	c := e.waitCompletion(id, 10*time.Second)
+	assert.Equal(t, "success", c.Status)
+	waitFor(t, 10*time.Second, "every item to end", func() bool { return e.workCount() == 0 })
+	assert.Equal(t, 1, e.completionsCount())
+	return logs
+}

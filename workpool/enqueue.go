@@ -300,10 +300,11 @@ func asList(args any) ([]any, error) {
 
 // enqueueOwnTx runs an enqueue as one pipelined transaction (one round
 // trip: the inserts, then the kick). In the leading process, while its
-// loop waits for work, the transaction rides ahead of the iteration that
-// starts the work, in that iteration's first round trip
-// (loop.Driver.RunAhead); otherwise it commits on its own and, after the
-// commit, kicks this process's driver directly if it leads.
+// loop waits for work, the inserts run inside the transaction of the
+// iteration that starts the work instead (loop.Driver.RunInIteration),
+// unless an onComplete makes the call (see holdingWorkRows); otherwise they
+// commit on their own and, after the commit, this process's driver is
+// kicked directly if it leads.
 func (p *Pool) enqueueOwnTx(ctx context.Context, fn Handle, args []any, opts []Option) ([]WorkID, error) {
 	pr, err := p.prepare(ctx, fn, args, opts)
 	if err != nil {
@@ -316,7 +317,7 @@ func (p *Pool) enqueueOwnTx(ctx context.Context, fn Handle, args []any, opts []O
 		return nil, err
 	}
 	w := pr.work
-	ops := []store.Op{store.PlanSettings()}
+	var inserts []store.Op
 	var chunks []*store.Inserted
 	for start := 0; start < len(w.Args); start += batchChunk {
 		end := min(start+batchChunk, len(w.Args))
@@ -324,12 +325,19 @@ func (p *Pool) enqueueOwnTx(ctx context.Context, fn Handle, args []any, opts []O
 		chunk.Labels, chunk.Args, chunk.Contexts = w.Labels[start:end], w.Args[start:end], w.Contexts[start:end]
 		out := &store.Inserted{}
 		chunks = append(chunks, out)
-		ops = append(ops, p.store.InsertWorkOp(chunk, p.keys.KickLock, out))
+		inserts = append(inserts, p.store.InsertWorkOp(chunk, p.keys.KickLock, out))
 	}
-	var kicked bool // the NOTIFY reaches other processes; this one is woken below
-	ops = append(ops, p.store.KickOp(p.cfg.Name, p.keys, store.KickSource{Due: dueHint(w), StartsOnly: true, Origin: p.origin}, &kicked))
-	ran, err := p.runAhead(ops)
+	ran := false
+	if ctx.Value(holdingWorkRows{}) == nil {
+		ran, err = p.runInIteration(inserts)
+	}
 	if !ran {
+		for _, c := range chunks {
+			*c = store.Inserted{} // an iteration that rolled back may have filled them
+		}
+		var kicked bool // the NOTIFY reaches other processes; this one is woken below
+		ops := append(append([]store.Op{store.PlanSettings()}, inserts...),
+			p.store.KickOp(p.cfg.Name, p.keys, store.KickSource{Due: dueHint(w), StartsOnly: true, Origin: p.origin}, &kicked))
 		err = p.pipeline(ctx, ops)
 		// Wake this process's driver even if the kick found the loop
 		// running: it may be polling because this enqueue held the kick
@@ -350,17 +358,14 @@ func (p *Pool) enqueueOwnTx(ctx context.Context, fn Handle, args []any, opts []O
 	return ids, nil
 }
 
-// runAhead runs the statements of a transaction of ours ahead of an
-// iteration of this process's loop if it leads and waits for work (see
-// loop.Driver.RunAhead), and reports whether it did.
-func (p *Pool) runAhead(ops []store.Op) (ran bool, err error) {
-	r := p.runState()
-	if r == nil {
-		return false, nil
+// runInIteration runs statements of ours inside the transaction of an
+// iteration of this process's loop, if it leads and waits for work (see
+// loop.Driver.RunInIteration), and reports whether it did.
+func (p *Pool) runInIteration(ops []store.Op) (ran bool, err error) {
+	if r := p.runState(); r != nil {
+		return r.driver.RunInIteration(ops)
 	}
-	tx := make([]store.Op, 0, len(ops)+2)
-	tx = append(append(append(tx, store.Raw("BEGIN")), ops...), store.Raw("COMMIT"))
-	return r.driver.RunAhead(tx)
+	return false, nil
 }
 
 // pipeline runs ops in one round trip, as one implicit transaction, on a

@@ -83,6 +83,13 @@ func (p *Pool) runOnCompletes(ctx context.Context, tx bun.Tx, items []finishItem
 	return deferred, nil
 }
 
+// holdingWorkRows marks the context of code that runs inside a transaction
+// of ours holding work rows (an onComplete): an enqueue made there commits
+// on its own rather than inside an iteration of the loop, which could wait
+// for one of those rows (a cancel or a recovery of the same work) while
+// the transaction that holds it waits for the enqueue.
+type holdingWorkRows struct{}
+
 // callOnComplete runs one handler, turning a panic into an error.
 func callOnComplete(ctx context.Context, h *onCompleteInfo, tx bun.Tx, it finishItem) (err error) {
 	defer func() {
@@ -90,7 +97,7 @@ func callOnComplete(ctx context.Context, h *onCompleteInfo, tx bun.Tx, it finish
 			err = fmt.Errorf("panic: %v", rec)
 		}
 	}()
-	return h.run(ctx, tx, it.workID, it.attempts, it.context, it.result)
+	return h.run(context.WithValue(ctx, holdingWorkRows{}, true), tx, it.workID, it.attempts, it.context, it.result)
 }
 
 // finishLoop runs onCompletes that could not run when their work ended:
