@@ -119,11 +119,9 @@ func (d *Driver) Kick() {
 // Measured at 50 enqueues/s, that was what separated our enqueue-to-start
 // latency from River's, whose fetch follows its insert directly.
 //
-// The driver takes them while it waits for work: idle, scheduled, or
-// between the iterations of a poll. It returns ran false, having committed
-// nothing, when this process does not lead, when the driver is busy
-// iterating (the producer would wait for iterations that are not its
-// own), or when the iteration did not commit
+// It returns ran false, having committed nothing, when this process does
+// not lead, when the driver is busy iterating (the producer would wait for
+// iterations that are not its own), or when the iteration did not commit
 // for a reason of its own (a stale generation, a failed statement of the
 // loop): the producer then commits by itself and kicks, as usual. With ran
 // true, err is nil when the iteration committed the statements, or the
@@ -357,9 +355,7 @@ func (d *Driver) runIterations(ctx context.Context) {
 // and returns the generation and when to wake (-1: only on a kick). The
 // first iteration carries c, if set (see RunInIteration).
 func (d *Driver) iterateUntilQuiet(ctx context.Context, generation int64, c *carried) (int64, time.Duration) {
-	// Statements to carry that no iteration took (or answered) go back to
-	// their producer; c is also set by a poll's wait.
-	defer func() { c.answer(errNotCarried) }()
+	defer c.answer(errNotCarried) // a no-op once an iteration answered
 	log, lp := d.cfg.Logger, d.cfg.Loop
 	// A poll follows a failed try-lock (a producer was in flight) or a
 	// cooldown; producers of this process wake the driver when they
@@ -371,8 +367,7 @@ func (d *Driver) iterateUntilQuiet(ctx context.Context, generation int64, c *car
 			g, err := lp.cfg.Store.ReadGeneration(ctx, lp.cfg.DB, lp.cfg.Pool)
 			if err != nil {
 				c.answer(errNotCarried) // its producer need not wait out the backoff
-				c = nil
-				if ctx.Err() == nil { // a canceled ctx is Stop, not a failure
+				if ctx.Err() == nil {   // a canceled ctx is Stop, not a failure
 					log.Warn(ctx, "loop: cannot read generation", "error", err)
 				}
 				d.wait(ctx, errBackoff)
@@ -415,9 +410,7 @@ func (d *Driver) iterateUntilQuiet(ctx context.Context, generation int64, c *car
 				delay = poll
 				poll = min(2*poll, pollMax)
 			}
-			// A poll waits for work too: statements to carry end it
-			// and ride in the next iteration.
-			c = d.pollWait(ctx, delay)
+			d.wait(ctx, delay)
 		case NextScheduled:
 			return generation, out.Delay
 		case NextIdle:
@@ -436,21 +429,6 @@ func (d *Driver) wait(ctx context.Context, dur time.Duration) {
 	case <-t.C:
 	case <-d.kickCh:
 	}
-}
-
-// pollWait is wait that also takes statements to carry (RunInIteration),
-// which end it; it returns them, or nil.
-func (d *Driver) pollWait(ctx context.Context, dur time.Duration) *carried {
-	t := time.NewTimer(dur)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-	case <-t.C:
-	case <-d.kickCh:
-	case c := <-d.carryCh:
-		return c
-	}
-	return nil
 }
 
 func sleep(ctx context.Context, d time.Duration) {

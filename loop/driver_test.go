@@ -423,29 +423,3 @@ func TestRunInIterationOnlyOnTheLeader(t *testing.T) {
 	assert.Empty(t, out.IDs)
 	assert.Zero(t, h.scalar("SELECT count(*) FROM {s}.work"))
 }
-
-// TestRunInIterationWhilePolling: a loop that polls because a producer
-// holds its transaction open is waiting for work too, and carries
-// statements offered meanwhile.
-func TestRunInIterationWhilePolling(t *testing.T) {
-	t.Parallel()
-	h := newHarness(t, harnessOpts{maxParallelism: 1000})
-	p := h.startProcess(t, "only")
-	waitLeader(t, []*process{p}, 10*time.Second)
-
-	tx, err := h.sqlDB.BeginTx(h.ctx, nil)
-	require.NoError(t, err)
-	defer tx.Rollback()
-	_, _, err = h.st.InsertWork(h.ctx, tx, store.NewWork{Pool: pool, Fn: "fn", MaxAttempts: 1, BackoffBase: 1, TimeoutMs: 1000,
-		Labels: []string{""}, Args: []string{"{}"}, Contexts: []string{""}}, h.keys.KickLock)
-	require.NoError(t, err)
-	p.driver.Kick() // the loop now finds the kick lock held, and polls
-	require.Eventually(t, func() bool { return h.runStatus().State == store.RunRunning }, 5*time.Second, time.Millisecond)
-
-	var out store.Inserted
-	require.NoError(t, runInIteration(t, p, h.carriedOps(&out)))
-	require.Len(t, out.IDs, 1)
-	assert.Equal(t, int64(1), h.scalar("SELECT count(*) FROM {s}.running WHERE work_id = ?", out.IDs[0]))
-	require.NoError(t, tx.Commit())
-	h.waitRunning(t, p, 2, "the long transaction's item")
-}
