@@ -153,6 +153,25 @@ func (h *harness) waitRunning(t *testing.T, p *process, n int64, what string) {
 	}
 }
 
+// newLeader starts one process on a fresh pool and waits until it leads.
+func newLeader(t *testing.T) (*harness, *process) {
+	t.Helper()
+	h := newHarness(t, harnessOpts{maxParallelism: 1000})
+	p := h.startProcess(t, "only")
+	waitLeader(t, []*process{p}, 10*time.Second)
+	return h, p
+}
+
+// settleLead lets the iterations of taking the lead pass and returns the
+// iteration count after them (at most one more may still be counted).
+func settleLead(t *testing.T, p *process) int64 {
+	t.Helper()
+	before := p.driver.Iterations()
+	p.driver.Kick()
+	require.Eventually(t, func() bool { return p.driver.Iterations() > before }, 5*time.Second, time.Millisecond)
+	return p.driver.Iterations()
+}
+
 func TestDriversElectOneLeaderAndFailOver(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t, harnessOpts{maxParallelism: 100000})
@@ -248,13 +267,7 @@ func TestOwnKicksCostOneIteration(t *testing.T) {
 	h := newHarness(t, harnessOpts{maxParallelism: 1000})
 	p := h.startProcessFrom(t, "only", "42")
 	waitLeader(t, []*process{p}, 10*time.Second)
-	// Let the iterations of taking the lead pass (at most one more may
-	// still be counted below).
-	before := p.driver.Iterations()
-	p.driver.Kick()
-	require.Eventually(t, func() bool { return p.driver.Iterations() > before }, 5*time.Second, time.Millisecond)
-
-	start := p.driver.Iterations()
+	start := settleLead(t, p)
 	const rounds = 10
 	for i := range rounds {
 		h.enqueueFrom(t, "42")
@@ -279,9 +292,7 @@ func TestOwnKicksCostOneIteration(t *testing.T) {
 // own item starts as soon as it commits, with no further kick.
 func TestLongProducerTransactionKeepsLoopAwake(t *testing.T) {
 	t.Parallel()
-	h := newHarness(t, harnessOpts{maxParallelism: 1000})
-	p := h.startProcess(t, "only")
-	waitLeader(t, []*process{p}, 10*time.Second)
+	h, p := newLeader(t)
 
 	tx, err := h.sqlDB.BeginTx(h.ctx, nil)
 	require.NoError(t, err)
@@ -330,16 +341,8 @@ func runInIteration(t *testing.T, p *process, ops []store.Op) error {
 // iteration per item, and no kick.
 func TestRunInIterationStartsWorkInTheSameTransaction(t *testing.T) {
 	t.Parallel()
-	h := newHarness(t, harnessOpts{maxParallelism: 1000})
-	p := h.startProcess(t, "only")
-	waitLeader(t, []*process{p}, 10*time.Second)
-	// Let the iterations of taking the lead pass (at most one more may
-	// still be counted below).
-	before := p.driver.Iterations()
-	p.driver.Kick()
-	require.Eventually(t, func() bool { return p.driver.Iterations() > before }, 5*time.Second, time.Millisecond)
-
-	start := p.driver.Iterations()
+	h, p := newLeader(t)
+	start := settleLead(t, p)
 	const rounds = 10
 	for i := range rounds {
 		var out store.Inserted
@@ -359,9 +362,7 @@ func TestRunInIterationStartsWorkInTheSameTransaction(t *testing.T) {
 // kicks.
 func TestRunInIterationFailureWritesNothing(t *testing.T) {
 	t.Parallel()
-	h := newHarness(t, harnessOpts{maxParallelism: 1000})
-	p := h.startProcess(t, "only")
-	waitLeader(t, []*process{p}, 10*time.Second)
+	h, p := newLeader(t)
 
 	var out store.Inserted
 	err := runInIteration(t, p, h.carriedOps(&out, store.Raw("SELECT 1/0")))
@@ -383,9 +384,7 @@ func TestRunInIterationFailureWritesNothing(t *testing.T) {
 // them, so that their producer commits them by itself.
 func TestRunInIterationStaleGenerationDeclines(t *testing.T) {
 	t.Parallel()
-	h := newHarness(t, harnessOpts{maxParallelism: 1000})
-	p := h.startProcess(t, "only")
-	waitLeader(t, []*process{p}, 10*time.Second)
+	h, p := newLeader(t)
 
 	var out store.Inserted
 	var ran bool
