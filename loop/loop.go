@@ -512,13 +512,16 @@ func (l *Loop) iterate(ctx context.Context, conn *sql.Conn, generation int64, it
 	s, pool, log := l.cfg.Store, l.cfg.Pool, l.cfg.Logger
 	var st store.State
 	first := []store.Op{store.Raw("BEGIN"), s.LockStateOp(pool, generation, l.cfg.StatementTimeout, &st)}
+	carriedFrom, carriedTo := 0, 0 // the carried statements' indexes in first
 	if it.carried != nil {
 		// Their producer waits for this transaction, and may hold a row
 		// that it would wait for (an onComplete's work row, when the
 		// onComplete enqueues with a context other than its own): give
 		// up waiting soon, so that the producer commits them by itself.
 		first = append(first, store.Raw(carriedLockTimeout))
+		carriedFrom = len(first)
 		first = append(first, it.carried.ops...)
+		carriedTo = len(first)
 	}
 	cached := l.cache.valid && l.cache.state.Generation == generation
 	if cached {
@@ -529,7 +532,7 @@ func (l *Loop) iterate(ctx context.Context, conn *sql.Conn, generation int64, it
 	}
 	failedAt, err := store.PipelineAt(ctx, conn, first...)
 	if err != nil {
-		it.carriedFailed = it.carried != nil && failedAt >= 3 && failedAt < 3+len(it.carried.ops)
+		it.carriedFailed = failedAt >= carriedFrom && failedAt < carriedTo
 		return nil, err
 	}
 	if !st.Found {
