@@ -221,6 +221,14 @@ func (p *Pool) applyOptions(fn *funcInfo, o *enqueueOptions, w *store.NewWork) e
 // Enqueue stores a work item that runs fn with args (of fn's argument type,
 // or a pointer to it) and returns its ID. The item is durable when Enqueue
 // returns; it starts once a slot is free and it is due.
+//
+// In the process that runs the pool's loop, while the loop waits for work,
+// the item is written inside the loop's own transaction, which starts it
+// at once if it is due and a slot is free: one commit instead of two, and
+// Enqueue returns once that transaction committed. Inside an onComplete,
+// pass the context the onComplete was given: the enqueue then commits on
+// its own and never waits for the loop, which could be waiting for the
+// work row the onComplete holds.
 func (p *Pool) Enqueue(ctx context.Context, fn Handle, args any, opts ...Option) (WorkID, error) {
 	ids, err := p.enqueueOwnTx(ctx, fn, []any{args}, opts)
 	if err != nil {
@@ -250,7 +258,9 @@ func (p *Pool) EnqueueTx(ctx context.Context, tx bun.IDB, fn Handle, args any, o
 
 // EnqueueBatch enqueues one item per element of args (a slice of fn's
 // argument type, or []any of it) with the same options, atomically, in one
-// round trip per chunk of batchChunk items.
+// round trip per chunk of batchChunk items. In the process that runs the
+// loop, the items may be written in the loop's transaction, as Enqueue
+// says.
 func (p *Pool) EnqueueBatch(ctx context.Context, fn Handle, args any, opts ...Option) ([]WorkID, error) {
 	list, err := asList(args)
 	if err != nil {
