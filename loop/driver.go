@@ -366,8 +366,12 @@ func (d *Driver) iterateUntilQuiet(ctx context.Context, generation int64, c *car
 		if generation < 0 {
 			g, err := lp.cfg.Store.ReadGeneration(ctx, lp.cfg.DB, lp.cfg.Pool)
 			if err != nil {
-				c.answer(errNotCarried) // its producer need not wait out the backoff
-				if ctx.Err() == nil {   // a canceled ctx is Stop, not a failure
+				// Its producer need not wait out the backoff; answered, the
+				// statements must not ride in the iteration after it, or
+				// they would run twice.
+				c.answer(errNotCarried)
+				c = nil
+				if ctx.Err() == nil { // a canceled ctx is Stop, not a failure
 					log.Warn(ctx, "loop: cannot read generation", "error", err)
 				}
 				d.wait(ctx, errBackoff)
