@@ -346,9 +346,8 @@ func (p *Pool) enqueueOwnTx(ctx context.Context, fn Handle, args []any, opts []O
 			*c = store.Inserted{} // an iteration that rolled back may have filled them
 		}
 		var kicked bool // the NOTIFY reaches other processes; this one is woken below
-		ops := append(append([]store.Op{store.PlanSettings()}, inserts...),
-			p.store.KickOp(p.cfg.Name, p.keys, store.KickSource{Due: dueHint(w), StartsOnly: true, Origin: p.origin}, &kicked))
-		err = p.pipeline(ctx, ops)
+		err = p.pipeline(ctx, append(inserts,
+			p.store.KickOp(p.cfg.Name, p.keys, store.KickSource{Due: dueHint(w), StartsOnly: true, Origin: p.origin}, &kicked))...)
 		// Wake this process's driver even if the kick found the loop
 		// running: it may be polling because this enqueue held the kick
 		// lock. After an error too: the commit may have happened, and the
@@ -378,15 +377,16 @@ func (p *Pool) runInIteration(ops []store.Op) (ran bool, err error) {
 	return false, nil
 }
 
-// pipeline runs ops in one round trip, as one implicit transaction, on a
-// connection of the pool.
-func (p *Pool) pipeline(ctx context.Context, ops []store.Op) error {
+// pipeline runs ops in one round trip, as one implicit transaction of
+// ours (so planned as store.PlanSettings says), on a connection of the
+// pool.
+func (p *Pool) pipeline(ctx context.Context, ops ...store.Op) error {
 	conn, err := p.sqlDB.Conn(ctx)
 	if err != nil {
 		return err
 	}
 	defer conn.Close()
-	return store.Pipeline(ctx, conn, ops...)
+	return store.Pipeline(ctx, conn, append([]store.Op{store.PlanSettings()}, ops...)...)
 }
 
 // dueHint estimates, on this process's clock, the segment from which

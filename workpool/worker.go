@@ -465,13 +465,8 @@ func (r *running) Unreserve(claim store.LocalClaim) {
 // claim runs the claim statement with PlanSettings, in one round trip.
 func (r *running) claim(fns []string, limit int, beat bool) ([]store.Claimed, error) {
 	p := r.p
-	conn, err := p.sqlDB.Conn(r.bgCtx)
-	if err != nil {
-		return nil, err
-	}
-	defer conn.Close()
 	var claimed []store.Claimed
-	err = store.Pipeline(r.bgCtx, conn, store.PlanSettings(), p.store.ClaimOp(p.cfg.Name, fns, limit, r.workerID, beat, &claimed))
+	err := p.pipeline(r.bgCtx, p.store.ClaimOp(p.cfg.Name, fns, limit, r.workerID, beat, &claimed))
 	return claimed, err
 }
 
@@ -903,14 +898,9 @@ func (r *running) flush(ctx context.Context, batch []store.Result) error {
 // the results and the kick as one implicit transaction.
 func (r *running) flushPipelined(ctx context.Context, batch []store.Result) error {
 	p := r.p
-	conn, err := p.sqlDB.Conn(ctx)
-	if err != nil {
-		return err
-	}
-	defer conn.Close()
 	var recs []store.Recorded
 	var kicked bool
-	if err := store.Pipeline(ctx, conn, store.PlanSettings(),
+	if err := p.pipeline(ctx,
 		p.store.RecordResultsOp(p.cfg.Name, batch, p.keys.KickLock, &recs),
 		p.store.KickOp(p.cfg.Name, p.keys, store.KickSource{Origin: p.origin}, &kicked)); err != nil {
 		r.driver.Kick() // the commit may have happened, and the kick carried p.origin
