@@ -81,7 +81,10 @@ type running struct {
 	lastHeartbeat time.Time
 	pending       []store.Result // results waiting to be flushed
 	released      []int64        // attempts given back on Stop
-	flushGiveUp   time.Time      // set when Stop begins: the last moment to retry a flush
+	// deliverBuf holds the attempts of one Deliver until they are
+	// dispatched; the loop's iterations, and so Deliver, are serialized.
+	deliverBuf  []*attempt
+	flushGiveUp time.Time // set when Stop begins: the last moment to retry a flush
 	// unrecorded counts the results of each attempt that this process
 	// holds and has not yet recorded (pending, in a flush, or taken by the
 	// loop's iteration): their running rows are not stranded.
@@ -397,15 +400,19 @@ func (r *running) claimAll() error {
 		if beat {
 			r.lastHeartbeat = time.Now()
 		}
+		attempts := make([]*attempt, 0, len(claimed))
 		for _, c := range claimed {
-			r.begin(c)
+			attempts = append(attempts, r.begin(c))
 		}
-		if len(claimed) < limit {
+		more := len(claimed) == limit
+		if !more {
 			r.dirty = false
-			r.mu.Unlock()
-			return nil
 		}
 		r.mu.Unlock()
+		r.dispatch(attempts)
+		if !more {
+			return nil
+		}
 	}
 }
 
@@ -429,11 +436,11 @@ func (r *running) Reserve(limit int) store.LocalClaim {
 // commit, and frees the slots it did not fill.
 func (r *running) Deliver(claim store.LocalClaim, starts []store.Start) {
 	r.mu.Lock()
-	defer r.mu.Unlock()
 	r.reserved -= claim.Slots
 	if claim.Heartbeat {
 		r.lastHeartbeat = time.Now()
 	}
+	attempts := r.deliverBuf[:0]
 	for _, st := range starts {
 		if r.stopping {
 			// Stop began after the loop reserved the slot: give the work
@@ -441,12 +448,16 @@ func (r *running) Deliver(claim store.LocalClaim, starts []store.Start) {
 			r.released = append(r.released, st.WorkID)
 			continue
 		}
-		r.begin(store.Claimed{WorkID: st.WorkID, Attempt: st.Attempt, Fn: st.Fn, Timeout: st.Timeout,
-			Args: st.Args, Label: st.Label, WorkMissing: st.Args == "", HasOnComplete: st.HasOnComplete})
+		attempts = append(attempts, r.begin(store.Claimed{WorkID: st.WorkID, Attempt: st.Attempt, Fn: st.Fn, Timeout: st.Timeout,
+			Args: st.Args, Label: st.Label, WorkMissing: st.Args == "", HasOnComplete: st.HasOnComplete}))
 	}
 	if len(starts) < claim.Slots && r.dirty && !r.stopping {
 		wake(r.claimWake)
 	}
+	r.mu.Unlock()
+	r.dispatch(attempts)
+	clear(attempts)
+	r.deliverBuf = attempts[:0]
 }
 
 // Unreserve frees the slots of an iteration that did not commit.
@@ -470,8 +481,13 @@ func (r *running) claim(fns []string, limit int, beat bool) ([]store.Claimed, er
 	return claimed, err
 }
 
-// begin starts one claimed attempt on a handler goroutine; r.mu is held.
-func (r *running) begin(c store.Claimed) {
+// begin registers one claimed attempt in flight; r.mu is held. The caller
+// hands it to a handler goroutine with dispatch once it has let go of r.mu:
+// a handler that finishes takes r.mu to queue its result, and a busy loop
+// hands out hundreds of attempts at a time, which held the lock for all
+// their wake-ups (Deliver was a twentieth of an iteration in the drain
+// benchmark).
+func (r *running) begin(c store.Claimed) *attempt {
 	ctx, cancel := context.WithCancelCause(r.handlerBase)
 	a := &attempt{key: attemptKey{c.WorkID, c.Attempt}, ctx: ctx, cancel: cancel, claim: c}
 	r.inflight[a.key] = a
@@ -481,12 +497,21 @@ func (r *running) begin(c store.Claimed) {
 		r.p.log.Error(r.bgCtx, "worker: more attempts in flight than Workers",
 			"in_flight", len(r.inflight), "workers", r.p.cfg.Workers, "work_id", c.WorkID)
 	}
-	select {
-	case r.jobs <- a:
-	default:
-		// Every handler goroutine is busy and the queue is full, which the
-		// slot accounting rules out; run it on a goroutine of its own.
-		go r.execute(a)
+	return a
+}
+
+// dispatch runs attempts that begin registered on handler goroutines; r.mu
+// must not be held.
+func (r *running) dispatch(attempts []*attempt) {
+	for _, a := range attempts {
+		select {
+		case r.jobs <- a:
+		default:
+			// Every handler goroutine is busy and the queue is full, which
+			// the slot accounting rules out; run it on a goroutine of its
+			// own.
+			go r.execute(a)
+		}
 	}
 }
 
