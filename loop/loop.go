@@ -419,8 +419,14 @@ func (l *Loop) main(ctx context.Context, generation int64, c *carried) (Outcome,
 	it.starts.Rows, it.deliver = l.startsBuf, l.deliverBuf
 	defer l.keepBuffers(it)
 	if l.cfg.Local != nil {
-		it.local = l.cfg.Local.Reserve(l.cfg.BatchSize)
+		// Results first: the slot of an attempt that ended meanwhile is
+		// then counted free by the reservation as well as by the start
+		// phase, which frees it in the database when it records the
+		// result. Reserved the other way round, the start phase could
+		// start more than the reservation holds, and those rows wait for
+		// a claim transaction of their own (about 6% of a drain's items).
 		it.results = l.cfg.Local.TakeResults(l.cfg.BatchSize)
+		it.local = l.cfg.Local.Reserve(l.cfg.BatchSize)
 	}
 	report, err := l.iterate(ctx, conn, generation, it)
 	switch {
