@@ -16,44 +16,51 @@ import (
 // deletes terminal work that has no onComplete, marks terminal work with an
 // onComplete as finishing (result set) and bumps attempts of retried work.
 // Results of stale attempts match nothing and are left out of fenced.
+//
+// The decision reads only the work row's own columns, so each of del and
+// upd states it in its WHERE clause and visits the row once: upd skips the
+// results that del took before it looks their rows up (a busy loop records
+// hundreds of results per iteration, and looking each row up once to
+// decide and again to write was a tenth of that statement). Rows are
+// matched by id, not by ctid: under READ COMMITTED a concurrent update (a
+// cancel marking the row) gives the row a new ctid, and a recheck on the
+// old one would drop a valid result as stale, leaving its work claimed and
+// unfinished; the recheck of the WHERE clause on the row's latest version
+// is the fence against a competing result.
 const recordFenced = `
 WITH r AS (
     SELECT * FROM unnest($2::bigint[], $3::int[], $4::text[], $5::text[], $6::bool[], $7::text[], $8::bigint[])
         AS r(work_id, attempt, status, error, nonretryable, value, run_ms)
-), cls AS (
-    SELECT r.work_id, r.attempt, r.run_ms, NULLIF(r.error, '') AS error, NULLIF(r.value, '') AS value,
-           w.has_on_complete,
-           (r.status = 'failed' AND NOT r.nonretryable AND NOT w.canceled
-                AND w.attempts + 1 < w.max_attempts) AS retry,
-           CASE WHEN r.status = 'failed' AND w.canceled THEN 'canceled' ELSE r.status END AS status
-      FROM r CROSS JOIN LATERAL (
-               SELECT on_complete IS NOT NULL AS has_on_complete, canceled, attempts, max_attempts
-                 FROM {s}.work
-                WHERE id = r.work_id AND pool = $1 AND attempts = r.attempt AND result IS NULL
-                LIMIT 1) w
 ), del AS (
-    -- By id, not by ctid: under READ COMMITTED a concurrent update (a
-    -- cancel marking the row) gives the row a new ctid, and a recheck on
-    -- the old one would drop a valid result as stale, leaving its work
-    -- claimed and unfinished. The recheck on attempts and result is the
-    -- fence against a competing result.
-    DELETE FROM {s}.work w USING cls
-     WHERE w.id = cls.work_id AND w.attempts = cls.attempt AND w.result IS NULL
-       AND NOT cls.retry AND NOT cls.has_on_complete
-    RETURNING w.id, w.attempts + 1 AS attempts, cls.attempt, cls.status, cls.error, cls.retry, cls.run_ms,
+    DELETE FROM {s}.work w USING r
+     WHERE w.id = r.work_id AND w.pool = $1 AND w.attempts = r.attempt AND w.result IS NULL
+       AND w.on_complete IS NULL
+       AND NOT (r.status = 'failed' AND NOT r.nonretryable AND NOT w.canceled AND w.attempts + 1 < w.max_attempts)
+    RETURNING w.id, w.attempts + 1 AS attempts, r.attempt,
+              CASE WHEN r.status = 'failed' AND w.canceled THEN 'canceled' ELSE r.status END AS status,
+              NULLIF(r.error, '') AS error, false AS retry, r.run_ms,
               NULL::text AS on_complete, NULL::jsonb AS ctx
 ), upd AS (
     UPDATE {s}.work w
        SET attempts = w.attempts + 1,
-           result = CASE WHEN cls.retry THEN NULL
-                    ELSE jsonb_build_object('status', cls.status, 'error', cls.error, 'value', cls.value::jsonb) END,
-           finish_after = CASE WHEN cls.retry THEN NULL ELSE now() END
-      FROM cls
-     WHERE w.id = cls.work_id AND w.attempts = cls.attempt AND w.result IS NULL
-       AND (cls.retry OR cls.has_on_complete)
-    RETURNING w.id, w.attempts, cls.attempt, cls.status, cls.error, cls.retry, cls.run_ms,
-              CASE WHEN cls.retry THEN NULL ELSE w.on_complete END AS on_complete,
-              CASE WHEN cls.retry THEN NULL ELSE w.on_complete_context END AS ctx
+           result = CASE WHEN r.status = 'failed' AND NOT r.nonretryable AND NOT w.canceled
+                              AND w.attempts + 1 < w.max_attempts THEN NULL
+                    ELSE jsonb_build_object('status', CASE WHEN r.status = 'failed' AND w.canceled
+                                                           THEN 'canceled' ELSE r.status END,
+                                            'error', NULLIF(r.error, ''), 'value', NULLIF(r.value, '')::jsonb) END,
+           finish_after = CASE WHEN r.status = 'failed' AND NOT r.nonretryable AND NOT w.canceled
+                                    AND w.attempts + 1 < w.max_attempts THEN NULL ELSE now() END
+      FROM r
+     WHERE NOT EXISTS (SELECT 1 FROM del WHERE del.id = r.work_id)
+       AND w.id = r.work_id AND w.pool = $1 AND w.attempts = r.attempt AND w.result IS NULL
+       AND (w.on_complete IS NOT NULL
+            OR (r.status = 'failed' AND NOT r.nonretryable AND NOT w.canceled AND w.attempts + 1 < w.max_attempts))
+    -- RETURNING sees the updated row: result is NULL exactly for a retry.
+    RETURNING w.id, w.attempts, r.attempt,
+              CASE WHEN r.status = 'failed' AND w.canceled THEN 'canceled' ELSE r.status END,
+              NULLIF(r.error, ''), w.result IS NULL, r.run_ms,
+              CASE WHEN w.result IS NULL THEN NULL ELSE w.on_complete END,
+              CASE WHEN w.result IS NULL THEN NULL ELSE w.on_complete_context END
 ), fenced AS (
     SELECT * FROM del UNION ALL SELECT * FROM upd
 )`
