@@ -100,10 +100,21 @@ func (d *Driver) Leader() bool { return d.leader.Load() }
 // ones); tests use it to see which process leads.
 func (d *Driver) Iterations() int64 { return d.iterations.Load() }
 
-// Kick asks the driver to run an iteration soon. Producers in this process
-// call it after their own commit to skip the NOTIFY round trip; it is a
-// no-op unless this process leads.
+// Kick asks the driver to run an iteration soon, with every phase.
+// Producers in this process call it after their own commit to skip the
+// NOTIFY round trip; it is a no-op unless this process leads.
 func (d *Driver) Kick() {
+	d.cfg.Loop.rescan.Store(true)
+	d.wake()
+}
+
+// KickForResults asks the driver to run an iteration soon to record the
+// results of this process's workers, which the iteration takes from them
+// itself: unlike Kick, it lets the iteration leave out the phases whose
+// tables were empty at the last re-check.
+func (d *Driver) KickForResults() { d.wake() }
+
+func (d *Driver) wake() {
 	select {
 	case d.kickCh <- struct{}{}:
 	default:

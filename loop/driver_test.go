@@ -422,3 +422,42 @@ func TestRunInIterationOnlyOnTheLeader(t *testing.T) {
 	assert.Empty(t, out.IDs)
 	assert.Zero(t, h.scalar("SELECT count(*) FROM {s}.work"))
 }
+
+// TestResultKickLeavesOutEmptyPhasesAndMissesNothing: an iteration woken
+// only for the results of its own process's workers leaves out the
+// completion and cancelation phases that the last re-check found empty. A
+// row that reaches one of those tables without a kick of its own (a
+// producer whose kick found the loop running) is still seen by that
+// iteration's re-check, and the next iteration takes it. Woken by Kick,
+// as every producer wakes it, one iteration takes it.
+func TestResultKickLeavesOutEmptyPhasesAndMissesNothing(t *testing.T) {
+	t.Parallel()
+	h, p := newLeader(t)
+	for _, tc := range []struct {
+		name       string
+		kick       func()
+		iterations int64
+	}{
+		{"Kick", p.driver.Kick, 1},
+		{"KickForResults", p.driver.KickForResults, 2},
+	} {
+		require.Eventually(t, func() bool { return h.runStatus().State == store.RunIdle }, 5*time.Second, time.Millisecond, tc.name)
+		done, canceled := h.work(workOpts{}), h.work(workOpts{})
+		h.running(done, 0, nil)
+		h.pendingStart(canceled, h.now()+600)
+		generation := h.generation()
+		h.pendingCompletion(done, 0, "success", false, h.now())
+		h.pendingCancel(canceled, h.now())
+		tc.kick()
+		require.Eventually(t, func() bool {
+			return h.scalar("SELECT count(*) FROM {s}.pending_completion")+h.scalar("SELECT count(*) FROM {s}.pending_cancelation") == 0
+		}, 5*time.Second, time.Millisecond, tc.name)
+		// The iteration that took them found nothing else and went idle
+		// in the same commit.
+		assert.Equal(t, generation+tc.iterations, h.generation(), "%s: iterations to take the rows", tc.name)
+		assert.Equal(t, store.RunIdle, h.runStatus().State, tc.name)
+		assert.Zero(t, h.scalar("SELECT count(*) FROM {s}.running"), "%s: the completion freed its slot", tc.name)
+		assert.Zero(t, h.scalar("SELECT count(*) FROM {s}.pending_start"), "%s: the cancel took the start back", tc.name)
+		h.checkRunningCount()
+	}
+}

@@ -6,12 +6,16 @@ import (
 	"github.com/stretchr/testify/assert"
 
 	"github.com/pgworkpool/pgworkpool/internal/store"
+	"github.com/pgworkpool/pgworkpool/loop"
 )
 
 // resultSource is a loop.LocalWorkers with no slots that hands the loop a
 // fixed set of results once, as the workers of the leading process do. The
 // test calls Loop.Main itself, so every method runs on the test's goroutine.
 type resultSource struct {
+	// arriving makes ResultsWaiting report results that arrive while an
+	// iteration runs.
+	arriving bool
 	results  []store.Result
 	recorded []store.Recorded
 	returned []store.Result
@@ -22,6 +26,8 @@ func (r *resultSource) Deliver(store.LocalClaim, []store.Start)                {
 func (r *resultSource) Unreserve(store.LocalClaim)                             {}
 func (r *resultSource) ReturnResults(taken []store.Result)                     { r.returned = append(r.returned, taken...) }
 func (r *resultSource) ResultsRecorded(_ []store.Result, rec []store.Recorded) { r.recorded = rec }
+
+func (r *resultSource) ResultsWaiting() bool { return len(r.results) > 0 || r.arriving }
 
 func (r *resultSource) TakeResults(limit int) []store.Result {
 	n := min(limit, len(r.results))
@@ -83,4 +89,22 @@ func TestLocalResults(t *testing.T) {
 	assert.Equal(t, int64(1), c.Failed)
 	assert.Equal(t, int64(1), c.Retries)
 	assert.NotContains(t, h.logs.String(), "level=ERROR")
+}
+
+// TestResultsArrivingKeepTheLoopRunning: when results of the process's own
+// workers arrived while an iteration ran, the iteration stays running for
+// the next one, which their kick would start at once, instead of writing
+// run_status away from running and back again.
+func TestResultsArrivingKeepTheLoopRunning(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, harnessOpts{})
+	h.recoveredNow()
+	src := &resultSource{arriving: true}
+	h.loop.SetLocal(src)
+	assert.Equal(t, loop.NextNow, h.main().Next)
+	assert.Equal(t, store.RunRunning, h.runStatus().State)
+
+	src.arriving = false
+	assert.Equal(t, loop.NextIdle, h.main().Next)
+	assert.Equal(t, store.RunIdle, h.runStatus().State)
 }

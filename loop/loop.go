@@ -89,6 +89,14 @@
 //     nothing is left: the empty iteration it spares was 38% of all
 //     iterations in the slots benchmark, each a transaction that delayed
 //     every slot freed meanwhile. One that filled a batch runs again.
+//     Nor does it go quiet while results of this process's workers wait
+//     (they would wake it at once): it stays running and goes on.
+//   - An iteration that the driver runs for its own workers' results
+//     leaves out the completion and cancelation phases when the last
+//     re-check found their tables empty (Driver.KickForResults); every
+//     other wake-up runs them (Loop.rescan says why nothing is missed).
+//     In the slots benchmark that was a statement or two of every
+//     iteration that each freed slot waits for.
 //
 // # Round trips
 //
@@ -112,6 +120,7 @@ import (
 	"math/rand/v2"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/pgworkpool/pgworkpool/internal/store"
@@ -198,6 +207,8 @@ type LocalWorkers interface {
 	// ResultsRecorded tells which of the taken results passed the attempt
 	// fence, after the iteration committed.
 	ResultsRecorded(taken []store.Result, recorded []store.Recorded)
+	// ResultsWaiting reports whether results wait for TakeResults.
+	ResultsWaiting() bool
 	// ReturnResults gives back results of an iteration that did not commit.
 	ReturnResults(taken []store.Result)
 }
@@ -213,6 +224,17 @@ type Loop struct {
 	runTime  *stats.Sampler
 
 	mu sync.Mutex // serializes Main within this process
+	// rescan asks the next iteration to run every phase. Without it, a
+	// phase whose table the last iteration's re-check found empty is left
+	// out: in a busy pool with one process, iterations that only record
+	// the workers' results and start work were a statement or two longer
+	// than they needed to be, and every freed slot waits for them. Rows
+	// appear in those tables only by producers, which kick (Driver.Kick
+	// sets this), by another process's producers, whose notification
+	// kicks, and by recovery, which sets it; a row that slips past the
+	// flag is still seen by the re-check, which then runs the iteration
+	// again with the phase.
+	rescan atomic.Bool
 	// startsBuf and deliverBuf are the backing arrays of the last
 	// iteration's starts, kept for the next one (Main is serialized): a
 	// busy loop reads thousands of starts per iteration, and growing fresh
@@ -227,6 +249,8 @@ type Loop struct {
 		valid bool
 		state store.State
 		at    time.Time
+		// pending is what the last iteration's re-check saw.
+		pending store.Pending
 	}
 }
 
@@ -348,6 +372,10 @@ type iteration struct {
 	retryDue int64
 	final    []store.Op // statements of the last round trip, before COMMIT
 	out      Outcome
+	// rescan: run every phase (Loop.rescan); skipped*: a phase was left
+	// out, so its cursor stays where it was.
+	rescan                                  bool
+	skippedCompletions, skippedCancelations bool
 	// carried, if set, are a producer's statements that run in the
 	// iteration's transaction; carriedFailed says they failed, and
 	// committing that the last round trip, with COMMIT, was sent.
@@ -373,8 +401,11 @@ func (it *iteration) payload() string {
 	return b.String()
 }
 
-// Main runs one iteration as one transaction; see the package doc.
+// Main runs one iteration as one transaction; see the package doc. It runs
+// every phase: only the driver's iterations, which producers kick, leave
+// out those whose tables were empty at the last re-check.
 func (l *Loop) Main(ctx context.Context, generation int64) (Outcome, error) {
+	l.rescan.Store(true)
 	return l.main(ctx, generation, nil)
 }
 
@@ -415,7 +446,7 @@ func (l *Loop) main(ctx context.Context, generation int64, c *carried) (Outcome,
 		return Outcome{}, fmt.Errorf("pgworkpool: loop: %w", err)
 	}
 	defer conn.Close()
-	it := &iteration{carried: c}
+	it := &iteration{carried: c, rescan: l.rescan.Swap(false)}
 	it.starts.Rows, it.deliver = l.startsBuf, l.deliverBuf
 	defer l.keepBuffers(it)
 	if l.cfg.Local != nil {
@@ -482,14 +513,14 @@ func (l *Loop) remember(it *iteration) {
 	st.LastRecovery, st.LastActivity = it.lastRecovery, it.lastActivity
 	st.RunningCount = it.running
 	st.Counters = it.counters
-	l.cache.valid, l.cache.state, l.cache.at = true, st, time.Now()
+	l.cache.valid, l.cache.state, l.cache.at, l.cache.pending = true, st, time.Now(), it.pending
 }
 
 func (l *Loop) recoveryPeriod() segments.Segment { return segments.Of(l.cfg.RecoveryPeriod) }
 
 // phases returns the statements of the local results and of the
 // completion, cancelation and start phases for a state, reading into it.
-func (l *Loop) phases(st store.State, recoveryIter bool, it *iteration) []store.Op {
+func (l *Loop) phases(st store.State, cached, recoveryIter bool, it *iteration) []store.Op {
 	s, pool := l.cfg.Store, l.cfg.Pool
 	from := func(cursor int64) int64 {
 		if recoveryIter {
@@ -498,14 +529,29 @@ func (l *Loop) phases(st store.State, recoveryIter bool, it *iteration) []store.
 		return cursor - int64(segments.CursorBuffer)
 	}
 	var ops []store.Op
+	failed := false
 	if len(it.results) > 0 {
 		// Recorded first, so the completion phase below consumes the
 		// retries among them.
 		ops = append(ops, s.RecordLocalResultsOp(pool, it.results, &it.recorded))
+		for _, r := range it.results {
+			failed = failed || r.Status == "failed"
+		}
+	}
+	// A phase whose table the last re-check found empty is left out
+	// (see Loop.rescan), unless this transaction's own results may retry.
+	known := cached && !recoveryIter && !it.rescan
+	if !known || l.cache.pending.Completion.Valid || failed {
+		ops = append(ops, s.TakeCompletionsOp(pool, store.Range{From: from(st.CompletionCursor), To: math.MaxInt64}, l.cfg.BatchSize, &it.comps))
+	} else {
+		it.skippedCompletions = true
+	}
+	if !known || l.cache.pending.Cancelation.Valid {
+		ops = append(ops, s.TakeCancelationsOp(pool, store.Range{From: from(st.CancelationCursor), To: math.MaxInt64}, l.cfg.BatchSize, &it.cans))
+	} else {
+		it.skippedCancelations = true
 	}
 	return append(ops,
-		s.TakeCompletionsOp(pool, store.Range{From: from(st.CompletionCursor), To: math.MaxInt64}, l.cfg.BatchSize, &it.comps),
-		s.TakeCancelationsOp(pool, store.Range{From: from(st.CancelationCursor), To: math.MaxInt64}, l.cfg.BatchSize, &it.cans),
 		s.StartWorkOp(pool, store.Range{From: from(st.StartCursor), To: math.MaxInt64}, l.cfg.BatchSize, it.local, &it.starts),
 		// The re-check is a later statement than the try-lock, so its
 		// snapshot is taken after the lock was granted (see decide).
@@ -534,7 +580,7 @@ func (l *Loop) iterate(ctx context.Context, conn *sql.Conn, generation int64, it
 		c := l.cache.state
 		elapsed := int64(segments.FromTime(time.Now()) - segments.FromTime(l.cache.at))
 		it.recovery = c.RunningCount > 0 && segments.Segment(c.NowSegment+elapsed-c.LastRecovery) >= l.recoveryPeriod()
-		first = append(first, l.phases(c, it.recovery, it)...)
+		first = append(first, l.phases(c, true, it.recovery, it)...)
 	}
 	failedAt, err := store.PipelineAt(ctx, conn, first...)
 	if err != nil {
@@ -551,7 +597,7 @@ func (l *Loop) iterate(ctx context.Context, conn *sql.Conn, generation int64, it
 	}
 	if !cached {
 		it.recovery = st.RunningCount > 0 && segments.Segment(st.NowSegment-st.LastRecovery) >= l.recoveryPeriod()
-		if err := store.Pipeline(ctx, conn, l.phases(st, it.recovery, it)...); err != nil {
+		if err := store.Pipeline(ctx, conn, l.phases(st, false, it.recovery, it)...); err != nil {
 			return nil, err
 		}
 	}
@@ -610,7 +656,9 @@ func (l *Loop) completions(ctx context.Context, it *iteration) (retries [2][]int
 	log := l.cfg.Logger
 	now := it.st.NowSegment
 	comps := it.comps.Done()
-	it.cursors.completion = advance(it.cursors.completion, comps, l.cfg.BatchSize, now, func(c store.Completion) int64 { return c.Segment })
+	if !it.skippedCompletions {
+		it.cursors.completion = advance(it.cursors.completion, comps, l.cfg.BatchSize, now, func(c store.Completion) int64 { return c.Segment })
+	}
 	// The terminal results of this process's workers ended with their
 	// recording, without a pending_completion row.
 	comps = append(it.recorded.Completions.Done(), comps...)
@@ -661,7 +709,9 @@ func (l *Loop) completions(ctx context.Context, it *iteration) (retries [2][]int
 func (l *Loop) cancelations(ctx context.Context, it *iteration, canceledRetries []int64) []int64 {
 	log := l.cfg.Logger
 	it.out.Cancelations = len(it.cans)
-	it.cursors.cancelation = advance(it.cursors.cancelation, it.cans, l.cfg.BatchSize, it.st.NowSegment, func(c store.Cancelation) int64 { return c.Segment })
+	if !it.skippedCancelations {
+		it.cursors.cancelation = advance(it.cursors.cancelation, it.cans, l.cfg.BatchSize, it.st.NowSegment, func(c store.Cancelation) int64 { return c.Segment })
+	}
 	toEnd := canceledRetries
 	seen := map[int64]bool{}
 	for _, c := range it.cans {
@@ -801,6 +851,9 @@ func (l *Loop) recover(ctx context.Context, conn *sql.Conn, it *iteration) error
 		}
 		it.running -= len(res.Orphans)
 		it.out.Recovered = len(res.Recorded) + len(res.Orphans)
+		if len(res.Recorded) > 0 {
+			l.rescan.Store(true) // completions queued after the re-check
+		}
 		for _, r := range res.Recorded {
 			if r.OnComplete != "" {
 				it.signal(store.SignalFinish) // a final failure waits for its onComplete
@@ -865,6 +918,13 @@ func (l *Loop) decide(it *iteration, worked bool) {
 		actionable = true
 	}
 	if actionable {
+		it.out.Next = NextNow
+		return
+	}
+	if l.cfg.Local != nil && l.cfg.Local.ResultsWaiting() {
+		// Results of this process's workers arrived meanwhile: they kick
+		// the driver, which would run the next iteration at once anyway.
+		// Staying running spares writing run_status twice for it.
 		it.out.Next = NextNow
 		return
 	}

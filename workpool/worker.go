@@ -618,7 +618,7 @@ func (r *running) done(a *attempt, res *store.Result, release bool) {
 		r.pending = append(r.pending, *res)
 		r.unrecorded[a.key]++
 		if !res.OnComplete && r.loopTakesResults() {
-			r.driver.Kick() // the next iteration records it
+			r.driver.KickForResults() // the next iteration records it
 		} else {
 			wake(r.flushWake)
 		}
@@ -791,6 +791,22 @@ func (r *running) TakeResults(limit int) []store.Result {
 		return nil
 	}
 	return r.takePending(limit, func(res store.Result) bool { return !res.OnComplete })
+}
+
+// ResultsWaiting reports whether TakeResults would hand over any result
+// (loop.LocalWorkers).
+func (r *running) ResultsWaiting() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if !r.loopTakesResults() {
+		return false
+	}
+	for _, res := range r.pending {
+		if !res.OnComplete {
+			return true
+		}
+	}
+	return false
 }
 
 // takePending removes and returns up to limit pending results that take
