@@ -101,11 +101,12 @@
 // # Round trips
 //
 // An iteration is pipelined: the first round trip sends BEGIN, the state
-// lock, the completion, cancelation and start phases, the kick lock's
-// try-lock and the re-check together (the phases' ranges come from the
-// state this process wrote last, which is exactly the database's while the
-// generation matches; the start phase computes its own limit from the
-// running count the phases before it left). The second sends the run
+// lock, the workers' results, the completion, cancelation and start phases
+// (less those left out as above), the kick lock's try-lock and the re-check
+// together (the phases' ranges come from the state this process wrote
+// last, which is exactly the database's while the generation matches; the
+// start phase computes its own limit from the running count the phases
+// before it left). The second sends the run
 // status, the state and COMMIT. An iteration costs two round trips whether
 // it goes on, goes scheduled or goes idle, plus one when it schedules
 // retries or ends canceled work, and those of the recovery pass.
