@@ -18,7 +18,7 @@ FUZZ_DECODE   := $(FUZZTIME)
 FUZZ_STORE    := $(FUZZTIME)
 endif
 
-.PHONY: test demo bench lint fuzz soak test-faults postgres
+.PHONY: test demo examples bench lint fuzz soak test-faults postgres
 
 ## postgres: install the Postgres server binaries with apt-get, only if none are found.
 postgres:
@@ -44,6 +44,10 @@ fuzz:
 ## demo: the quickstart example, end to end.
 demo: postgres
 	$(GO) run ./examples/quickstart
+
+## examples: run every example end to end on one throwaway server; each exits non-zero unless its checks pass.
+examples: postgres
+	$(PGRUN) -- bash -c '$(GO) run ./examples/quickstart && $(GO) run ./examples/bunapp && $(GO) run ./examples/multiprocess'
 
 ## bench: Go benchmarks and the side-by-side comparison with River (fsync on).
 bench: postgres
