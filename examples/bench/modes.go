@@ -165,6 +165,10 @@ func (e *env) drain(ctx context.Context, sys system, n int, sleep time.Duration,
 	for i := range args {
 		args[i] = jobArgs{I: i}
 	}
+	after, err := sys.lastID(ctx)
+	if err != nil {
+		return ds, fmt.Errorf("read the last job id: %w", err)
+	}
 	e0 := time.Now()
 	if err := inst.enqueueBatch(ctx, args); err != nil {
 		return ds, fmt.Errorf("enqueue %d jobs: %w", n, err)
@@ -182,7 +186,7 @@ func (e *env) drain(ctx context.Context, sys system, n int, sleep time.Duration,
 	}
 	ds.handlers = time.Unix(0, t.lastAt.Load()).Sub(t0)
 	for {
-		left, err := sys.remaining(ctx)
+		left, err := sys.remaining(ctx, after)
 		if err != nil {
 			return ds, fmt.Errorf("count unfinished jobs: %w", err)
 		}
@@ -203,7 +207,7 @@ func (e *env) drain(ctx context.Context, sys system, n int, sleep time.Duration,
 	if err != nil {
 		return ds, fmt.Errorf("stop: %w", err)
 	}
-	if left, err := sys.remaining(ctx); err != nil || left != 0 {
+	if left, err := sys.remaining(ctx, after); err != nil || left != 0 {
 		return ds, fmt.Errorf("after stop: %d unfinished jobs in the database (err %v)", left, err)
 	}
 	if d := t.duplicates.Load(); d > 0 {
