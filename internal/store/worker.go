@@ -34,36 +34,38 @@ WITH r AS (
 ), del AS (
     DELETE FROM {s}.work w USING r
      WHERE w.id = r.work_id AND w.pool = $1 AND w.attempts = r.attempt AND w.result IS NULL
-       AND w.on_complete IS NULL
-       AND NOT (r.status = 'failed' AND NOT r.nonretryable AND NOT w.canceled AND w.attempts + 1 < w.max_attempts)
-    RETURNING w.id, w.attempts + 1 AS attempts, r.attempt,
-              CASE WHEN r.status = 'failed' AND w.canceled THEN 'canceled' ELSE r.status END AS status,
+       AND w.on_complete IS NULL AND NOT ` + retryRule + `
+    RETURNING w.id, w.attempts + 1 AS attempts, r.attempt, ` + finalStatus + ` AS status,
               NULLIF(r.error, '') AS error, false AS retry, r.run_ms,
               NULL::text AS on_complete, NULL::jsonb AS ctx
 ), upd AS (
     UPDATE {s}.work w
        SET attempts = w.attempts + 1,
-           result = CASE WHEN r.status = 'failed' AND NOT r.nonretryable AND NOT w.canceled
-                              AND w.attempts + 1 < w.max_attempts THEN NULL
-                    ELSE jsonb_build_object('status', CASE WHEN r.status = 'failed' AND w.canceled
-                                                           THEN 'canceled' ELSE r.status END,
+           result = CASE WHEN ` + retryRule + ` THEN NULL
+                    ELSE jsonb_build_object('status', ` + finalStatus + `,
                                             'error', NULLIF(r.error, ''), 'value', NULLIF(r.value, '')::jsonb) END,
-           finish_after = CASE WHEN r.status = 'failed' AND NOT r.nonretryable AND NOT w.canceled
-                                    AND w.attempts + 1 < w.max_attempts THEN NULL ELSE now() END
+           finish_after = CASE WHEN ` + retryRule + ` THEN NULL ELSE now() END
       FROM r
      WHERE NOT EXISTS (SELECT 1 FROM del WHERE del.id = r.work_id)
        AND w.id = r.work_id AND w.pool = $1 AND w.attempts = r.attempt AND w.result IS NULL
-       AND (w.on_complete IS NOT NULL
-            OR (r.status = 'failed' AND NOT r.nonretryable AND NOT w.canceled AND w.attempts + 1 < w.max_attempts))
+       AND (w.on_complete IS NOT NULL OR ` + retryRule + `)
     -- RETURNING sees the updated row: result is NULL exactly for a retry.
-    RETURNING w.id, w.attempts, r.attempt,
-              CASE WHEN r.status = 'failed' AND w.canceled THEN 'canceled' ELSE r.status END,
+    RETURNING w.id, w.attempts, r.attempt, ` + finalStatus + `,
               NULLIF(r.error, ''), w.result IS NULL, r.run_ms,
               CASE WHEN w.result IS NULL THEN NULL ELSE w.on_complete END,
               CASE WHEN w.result IS NULL THEN NULL ELSE w.on_complete_context END
 ), fenced AS (
     SELECT * FROM del UNION ALL SELECT * FROM upd
 )`
+
+// retryRule says, for a result r and its work row w as they stand before
+// the result is recorded, whether the attempt is retried. recordFenced
+// states it in four places, so it is written once here.
+const retryRule = `(r.status = 'failed' AND NOT r.nonretryable AND NOT w.canceled AND w.attempts + 1 < w.max_attempts)`
+
+// finalStatus is the status a result records: a failure of work that was
+// canceled meanwhile ends as canceled.
+const finalStatus = `(CASE WHEN r.status = 'failed' AND w.canceled THEN 'canceled' ELSE r.status END)`
 
 func init() {
 	register("registerWorker", `
