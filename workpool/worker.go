@@ -617,7 +617,7 @@ func (r *running) done(a *attempt, res *store.Result, release bool) {
 	case res != nil:
 		r.pending = append(r.pending, *res)
 		r.unrecorded[a.key]++
-		if !res.OnComplete && r.loopTakesResults() {
+		if forLoop(*res) && r.loopTakesResults() {
 			r.driver.KickForResults() // the next iteration records it
 		} else {
 			wake(r.flushWake)
@@ -782,6 +782,11 @@ func (r *running) loopTakesResults() bool {
 	return !r.stopping && r.driver.Leader()
 }
 
+// forLoop reports whether the loop's iteration may record res: one that
+// runs an onComplete needs the flusher's transaction, where the onComplete
+// runs.
+func forLoop(res store.Result) bool { return !res.OnComplete }
+
 // TakeResults hands the loop's iteration up to limit pending results that
 // run no onComplete (loop.LocalWorkers).
 func (r *running) TakeResults(limit int) []store.Result {
@@ -790,7 +795,7 @@ func (r *running) TakeResults(limit int) []store.Result {
 	if !r.loopTakesResults() {
 		return nil
 	}
-	return r.takePending(limit, func(res store.Result) bool { return !res.OnComplete })
+	return r.takePending(limit, forLoop)
 }
 
 // ResultsWaiting reports whether TakeResults would hand over any result
@@ -798,15 +803,7 @@ func (r *running) TakeResults(limit int) []store.Result {
 func (r *running) ResultsWaiting() bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if !r.loopTakesResults() {
-		return false
-	}
-	for _, res := range r.pending {
-		if !res.OnComplete {
-			return true
-		}
-	}
-	return false
+	return r.loopTakesResults() && slices.ContainsFunc(r.pending, forLoop)
 }
 
 // takePending removes and returns up to limit pending results that take
@@ -866,7 +863,7 @@ func (r *running) flushLoop() {
 		for {
 			r.mu.Lock()
 			loopTakes := !stopping && r.loopTakesResults()
-			batch := r.takePending(flushBatch, func(res store.Result) bool { return res.OnComplete || !loopTakes })
+			batch := r.takePending(flushBatch, func(res store.Result) bool { return !forLoop(res) || !loopTakes })
 			r.mu.Unlock()
 			if len(batch) == 0 {
 				break
