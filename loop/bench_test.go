@@ -116,8 +116,8 @@ func (p *benchPool) put(n int) {
 	}
 	err := withTx(p.ctx, p.sqlDB, func(tx *sql.Tx) error {
 		_, _, err := p.st.InsertWork(p.ctx, tx, store.NewWork{
-			Pool: pool, Fn: "fn", MaxAttempts: 1, BackoffBase: 1, TimeoutMs: 60000,
-			Labels: labels, Args: args, Contexts: ctxs,
+			WorkOptions: store.WorkOptions{Pool: pool, Fn: "fn", MaxAttempts: 1, BackoffBase: 1, TimeoutMs: 60000},
+			Labels:      labels, Args: args, Contexts: ctxs,
 		}, p.keys.KickLock)
 		return err
 	})

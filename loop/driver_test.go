@@ -103,8 +103,8 @@ func (h *harness) enqueueFrom(t *testing.T, origin string) int64 {
 	var id int64
 	require.NoError(t, withTx(h.ctx, h.sqlDB, func(tx *sql.Tx) error {
 		ids, seg, err := h.st.InsertWork(h.ctx, tx, store.NewWork{
-			Pool: pool, Fn: "fn", MaxAttempts: 1, BackoffBase: 1, TimeoutMs: 60000,
-			Labels: []string{""}, Args: []string{"{}"}, Contexts: []string{""},
+			WorkOptions: store.WorkOptions{Pool: pool, Fn: "fn", MaxAttempts: 1, BackoffBase: 1, TimeoutMs: 60000},
+			Labels:      []string{""}, Args: []string{"{}"}, Contexts: []string{""},
 		}, h.keys.KickLock)
 		if err != nil {
 			return err
@@ -297,7 +297,7 @@ func TestLongProducerTransactionKeepsLoopAwake(t *testing.T) {
 	tx, err := h.sqlDB.BeginTx(h.ctx, nil)
 	require.NoError(t, err)
 	defer tx.Rollback()
-	ids, seg, err := h.st.InsertWork(h.ctx, tx, store.NewWork{Pool: pool, Fn: "fn", MaxAttempts: 1, BackoffBase: 1, TimeoutMs: 1000,
+	ids, seg, err := h.st.InsertWork(h.ctx, tx, store.NewWork{WorkOptions: store.WorkOptions{Pool: pool, Fn: "fn", MaxAttempts: 1, BackoffBase: 1, TimeoutMs: 1000},
 		Labels: []string{""}, Args: []string{"{}"}, Contexts: []string{""}}, h.keys.KickLock)
 	require.NoError(t, err)
 	_, err = h.st.Kick(h.ctx, tx, pool, h.keys, store.KickSource{Due: seg, StartsOnly: true})
@@ -318,8 +318,8 @@ func TestLongProducerTransactionKeepsLoopAwake(t *testing.T) {
 // Driver.RunInIteration, followed by extra.
 func (h *harness) carriedOps(out *store.Inserted, extra ...store.Op) []store.Op {
 	return append([]store.Op{h.st.InsertWorkOp(store.NewWork{
-		Pool: pool, Fn: "fn", MaxAttempts: 1, BackoffBase: 1, TimeoutMs: 60000,
-		Labels: []string{""}, Args: []string{"{}"}, Contexts: []string{""},
+		WorkOptions: store.WorkOptions{Pool: pool, Fn: "fn", MaxAttempts: 1, BackoffBase: 1, TimeoutMs: 60000},
+		Labels:      []string{""}, Args: []string{"{}"}, Contexts: []string{""},
 	}, h.keys.KickLock, out)}, extra...)
 }
 

@@ -3,11 +3,13 @@ package workpool
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"reflect"
 	"strconv"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/uptrace/bun"
 
 	"github.com/pgworkpool/pgworkpool/internal/store"
@@ -128,7 +130,7 @@ func (p *Pool) prepare(ctx context.Context, h Handle, args []any, opts []Option)
 		}
 		opt(&o)
 	}
-	w := store.NewWork{Pool: p.cfg.Name, Fn: fn.name, TimeoutMs: p.cfg.DefaultTimeout.Milliseconds()}
+	w := store.NewWork{WorkOptions: store.WorkOptions{Pool: p.cfg.Name, Fn: fn.name, TimeoutMs: p.cfg.DefaultTimeout.Milliseconds()}}
 	if err := p.applyOptions(fn, &o, &w); err != nil {
 		return nil, err
 	}
@@ -222,6 +224,12 @@ func (p *Pool) applyOptions(fn *funcInfo, o *enqueueOptions, w *store.NewWork) e
 // or a pointer to it) and returns its ID. The item is durable when Enqueue
 // returns; it starts once a slot is free and it is due.
 //
+// Calls made while another Enqueue of this Pool is committing wait for it
+// and then commit together, in one transaction: with many producers, that
+// costs the database one commit per group rather than one per item. If
+// ctx ends while the call waits, nothing is written; if it ends during
+// the commit, as during any statement, the item may or may not be stored.
+//
 // In the process that runs the pool's loop, while the loop waits for work,
 // the item is written inside the loop's own transaction, which starts it
 // at once if it is due and a slot is free: one commit instead of two, and
@@ -308,13 +316,8 @@ func asList(args any) ([]any, error) {
 	return out, nil
 }
 
-// enqueueOwnTx runs an enqueue as one pipelined transaction (one round
-// trip: the inserts, then the kick). In the leading process, while its
-// loop waits for work, the inserts run inside the transaction of the
-// iteration that starts the work instead (loop.Driver.RunInIteration),
-// unless an onComplete makes the call (see holdingWorkRows); otherwise they
-// commit on their own and, after the commit, this process's driver is
-// kicked directly if it leads.
+// enqueueOwnTx runs an enqueue in a transaction of ours, shared with the
+// enqueues that other goroutines make meanwhile (see combiner).
 func (p *Pool) enqueueOwnTx(ctx context.Context, fn Handle, args []any, opts []Option) ([]WorkID, error) {
 	pr, err := p.prepare(ctx, fn, args, opts)
 	if err != nil {
@@ -326,28 +329,93 @@ func (p *Pool) enqueueOwnTx(ctx context.Context, fn Handle, args []any, opts []O
 	if err := p.ensure(ctx); err != nil {
 		return nil, err
 	}
-	w := pr.work
-	var inserts []store.Op
-	var chunks []*store.Inserted
-	for start := 0; start < len(w.Args); start += batchChunk {
-		end := min(start+batchChunk, len(w.Args))
-		chunk := w
-		chunk.Labels, chunk.Args, chunk.Contexts = w.Labels[start:end], w.Args[start:end], w.Contexts[start:end]
-		out := &store.Inserted{}
-		chunks = append(chunks, out)
-		inserts = append(inserts, p.store.InsertWorkOp(chunk, p.keys.KickLock, out))
+	call := &enqueueCall{work: pr.work, carry: ctx.Value(holdingWorkRows{}) == nil}
+	if !p.enqueues.do(ctx, call) {
+		return nil, fmt.Errorf("pgworkpool: enqueue: %w", context.Cause(ctx))
 	}
-	ran := false
-	if ctx.Value(holdingWorkRows{}) == nil {
+	if call.err != nil {
+		return nil, call.err
+	}
+	p.enqueuedEvents(ctx, pr.work, call.ids, call.segment)
+	return call.ids, nil
+}
+
+// writeEnqueues writes calls in one transaction and sets their outcomes.
+// If Postgres refuses a statement, it rolls back everything, so then each
+// call is written alone: one call's rows must not fail the others.
+func (p *Pool) writeEnqueues(ctx context.Context, calls []*enqueueCall) {
+	err := p.writeTogether(ctx, calls)
+	var pgErr *pgconn.PgError
+	if err != nil && len(calls) > 1 && errors.As(err, &pgErr) {
+		for _, call := range calls {
+			p.writeEnqueues(ctx, []*enqueueCall{call})
+		}
+		return
+	}
+	if err != nil {
+		for _, call := range calls {
+			call.ids, call.err = nil, p.wrapDBError("enqueue", err)
+		}
+	}
+}
+
+// insertGroup is the calls with equal options, written by one statement
+// per chunk of batchChunk items.
+type insertGroup struct {
+	work   store.NewWork
+	calls  []*enqueueCall
+	chunks []*store.Inserted
+}
+
+// writeTogether writes calls as one pipelined transaction (one round trip:
+// the inserts, then the kick). In the leading process, while its loop
+// waits for work, the inserts run inside the transaction of the iteration
+// that starts the work instead (loop.Driver.RunInIteration), unless an
+// onComplete made one of the calls (see holdingWorkRows); otherwise they
+// commit on their own and, after the commit, this process's driver is
+// kicked directly if it leads.
+func (p *Pool) writeTogether(ctx context.Context, calls []*enqueueCall) error {
+	var groups []*insertGroup
+	byOptions := make(map[store.WorkOptions]*insertGroup, 1)
+	carry := true
+	for _, call := range calls {
+		carry = carry && call.carry
+		g := byOptions[call.work.WorkOptions]
+		if g == nil {
+			g = &insertGroup{work: store.NewWork{WorkOptions: call.work.WorkOptions}}
+			byOptions[call.work.WorkOptions] = g
+			groups = append(groups, g)
+		}
+		g.work.Labels = append(g.work.Labels, call.work.Labels...)
+		g.work.Args = append(g.work.Args, call.work.Args...)
+		g.work.Contexts = append(g.work.Contexts, call.work.Contexts...)
+		g.calls = append(g.calls, call)
+	}
+	var inserts []store.Op
+	due := int64(-1)
+	for _, g := range groups {
+		for _, chunk := range g.work.Chunks(batchChunk) {
+			out := &store.Inserted{}
+			g.chunks = append(g.chunks, out)
+			inserts = append(inserts, p.store.InsertWorkOp(chunk, p.keys.KickLock, out))
+		}
+		if d := dueHint(g.work); due < 0 || d < due {
+			due = d
+		}
+	}
+	ran, err := false, error(nil)
+	if carry {
 		ran, err = p.runInIteration(inserts)
 	}
 	if !ran {
-		for _, c := range chunks {
-			*c = store.Inserted{} // an iteration that rolled back may have filled them
+		for _, g := range groups {
+			for _, c := range g.chunks {
+				*c = store.Inserted{} // an iteration that rolled back may have filled them
+			}
 		}
 		var kicked bool // the NOTIFY reaches other processes; this one is woken below
 		err = p.pipeline(ctx, append(inserts,
-			p.store.KickOp(p.cfg.Name, p.keys, store.KickSource{Due: dueHint(w), StartsOnly: true, Origin: p.origin}, &kicked))...)
+			p.store.KickOp(p.cfg.Name, p.keys, store.KickSource{Due: due, StartsOnly: true, Origin: p.origin}, &kicked))...)
 		// Wake this process's driver even if the kick found the loop
 		// running: it may be polling because this enqueue held the kick
 		// lock. After an error too: the commit may have happened, and the
@@ -355,16 +423,24 @@ func (p *Pool) enqueueOwnTx(ctx context.Context, fn Handle, args []any, opts []O
 		p.kickLocal()
 	}
 	if err != nil {
-		return nil, p.wrapDBError("enqueue", err)
+		return err
 	}
-	ids := make([]WorkID, 0, len(w.Args))
-	for _, c := range chunks {
-		for _, id := range c.IDs {
-			ids = append(ids, WorkID(id))
+	for _, g := range groups {
+		var ids []int64
+		for _, c := range g.chunks {
+			ids = append(ids, c.IDs...)
+		}
+		for _, call := range g.calls {
+			n := len(call.work.Args)
+			call.ids = make([]WorkID, n)
+			for i, id := range ids[:n] {
+				call.ids[i] = WorkID(id)
+			}
+			ids = ids[n:]
+			call.segment = g.chunks[0].Segment
 		}
 	}
-	p.enqueuedEvents(ctx, w, ids, chunks[0].Segment)
-	return ids, nil
+	return nil
 }
 
 // runInIteration runs statements of ours inside the transaction of an
@@ -407,10 +483,7 @@ func (p *Pool) insert(ctx context.Context, q store.Querier, pr *prepared) ([]Wor
 	w := pr.work
 	out := make([]WorkID, 0, len(w.Args))
 	var segment int64
-	for start := 0; start < len(w.Args); start += batchChunk {
-		end := min(start+batchChunk, len(w.Args))
-		chunk := w
-		chunk.Labels, chunk.Args, chunk.Contexts = w.Labels[start:end], w.Args[start:end], w.Contexts[start:end]
+	for _, chunk := range w.Chunks(batchChunk) {
 		ids, seg, err := p.store.InsertWork(ctx, q, chunk, p.keys.KickLock)
 		if err != nil {
 			return nil, false, p.wrapDBError("enqueue", err)

@@ -48,6 +48,9 @@ type Pool struct {
 	closed  atomic.Bool
 	run     *running // set by Start
 
+	// enqueues lets concurrent Enqueue calls share commits.
+	enqueues combiner
+
 	// origin marks the kicks of transactions this Pool commits itself,
 	// after which it wakes its own driver (kickLocal), so that the driver
 	// can ignore their notifications while it leads (store.KickSource).
@@ -76,6 +79,7 @@ func New(db *bun.DB, cfg Config) (*Pool, error) {
 		origin:      strconv.FormatUint(rand.Uint64(), 10),
 	}
 	p.keys = store.KeysFor(cfg.Schema, cfg.Name)
+	p.enqueues.write = p.writeEnqueues
 	level := cfg.LogLevel
 	if level == 0 {
 		level = LogReport

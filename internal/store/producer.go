@@ -115,6 +115,15 @@ func (s *Store) EnsurePool(ctx context.Context, q Querier, pool string, maxParal
 
 // NewWork describes items of one function enqueued with the same options.
 type NewWork struct {
+	WorkOptions
+	Labels   []string
+	Args     []string // JSON texts
+	Contexts []string // JSON texts, "" for none
+}
+
+// WorkOptions is what items written by one insert statement share. It is
+// comparable, so that enqueues with equal options can share a statement.
+type WorkOptions struct {
 	Pool, Fn         string
 	MaxAttempts      int
 	InitialBackoffMs int64
@@ -126,9 +135,19 @@ type NewWork struct {
 	// DelayMs.
 	RunAtSegment int64
 	DelayMs      int64
-	Labels       []string
-	Args         []string // JSON texts
-	Contexts     []string // JSON texts, "" for none
+}
+
+// Chunks splits w into parts of at most n items, in order, so that no
+// statement carries an unbounded array.
+func (w NewWork) Chunks(n int) []NewWork {
+	var out []NewWork
+	for start := 0; start < len(w.Args); start += n {
+		end := min(start+n, len(w.Args))
+		c := w
+		c.Labels, c.Args, c.Contexts = w.Labels[start:end], w.Args[start:end], w.Contexts[start:end]
+		out = append(out, c)
+	}
+	return out
 }
 
 // Inserted receives what InsertWorkOp returned.

@@ -1,0 +1,12 @@
+package workpool
+
+// QueuedEnqueues reports how many Enqueue calls of p wait for a commit in
+// flight to end, so that tests can hold calls in the queue.
+func QueuedEnqueues(p *Pool) int {
+	p.enqueues.mu.Lock()
+	defer p.enqueues.mu.Unlock()
+	return len(p.enqueues.queue)
+}
+
+// MaxCommitsInFlight is maxCommitsInFlight, for tests.
+const MaxCommitsInFlight = maxCommitsInFlight
