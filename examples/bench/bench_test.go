@@ -27,6 +27,7 @@ func TestModesSmoke(t *testing.T) {
 		{[]string{"-mode", "drain", "-n", "300", "-parallelism", "50", "-repeat", "2"}, []string{"jobs_per_s", "durable_jobs_per_s"}},
 		{[]string{"-mode", "slots", "-n", "200", "-parallelism", "20", "-sleep", "5ms"}, []string{"jobs_per_s", "efficiency"}},
 		{[]string{"-mode", "steady", "-seconds", "2", "-producers", "2", "-parallelism", "10"}, []string{"jobs_per_s"}},
+		{[]string{"-mode", "steady", "-seconds", "2", "-producers", "2", "-parallelism", "10", "-producer-tx"}, []string{"jobs_per_s"}},
 		{[]string{"-mode", "latency", "-seconds", "1"}, []string{"p50_ms", "p99_ms"}},
 		{[]string{"-mode", "backlog", "-n", "200", "-parallelism", "50", "-backlog-rows", "2000"}, []string{"ratio", "jobs_per_s_empty", "jobs_per_s_backlog"}},
 		{[]string{"-mode", "idle", "-seconds", "1", "-settle", "500ms"}, []string{"tx_per_min"}},

@@ -80,11 +80,14 @@ type options struct {
 	n           int
 	parallelism int
 	producers   int
-	seconds     float64
-	sleep       time.Duration
-	json        bool
-	riverTuned  bool
-	repeat      int
+	// producerTx makes steady's producers open and commit a transaction
+	// per job themselves.
+	producerTx bool
+	seconds    float64
+	sleep      time.Duration
+	json       bool
+	riverTuned bool
+	repeat     int
 
 	conns         int
 	timeout       time.Duration
@@ -123,6 +126,7 @@ func parseFlags(args []string, errOut io.Writer) (options, error) {
 	fs.IntVar(&o.n, "n", 0, "jobs (default: drain 50000, backlog 50000, slots 20000)")
 	fs.IntVar(&o.parallelism, "parallelism", 0, "our MaxParallelism and Workers, River's MaxWorkers (default: drain 1000, steady 100, latency 10, idle 10, backlog 1000, slots 50)")
 	fs.IntVar(&o.producers, "producers", 8, "producer goroutines in steady mode")
+	fs.BoolVar(&o.producerTx, "producer-tx", false, "steady mode: each producer opens and commits a transaction per job (ours EnqueueTx, River InsertTx), so no library can share one commit among producers (false: Enqueue / Insert, as most callers would)")
 	fs.Float64Var(&o.seconds, "seconds", 0, "measurement window (default: steady 10, latency 10, idle 30)")
 	fs.DurationVar(&o.sleep, "sleep", 20*time.Millisecond, "handler sleep in slots mode")
 	fs.BoolVar(&o.json, "json", false, "print one JSON line per system on stdout (the table goes to stderr)")

@@ -319,12 +319,16 @@ func (e *env) steady(ctx context.Context, sys system, res *result) error {
 	var firstErr error
 	var errOnce sync.Once
 	var wg sync.WaitGroup
+	enqueue := inst.enqueue
+	if e.o.producerTx {
+		enqueue = inst.enqueueInTx
+	}
 	for range e.o.producers {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			for time.Now().Before(end) && ctx.Err() == nil {
-				if err := inst.enqueue(ctx, jobArgs{I: -1}); err != nil {
+				if err := enqueue(ctx, jobArgs{I: -1}); err != nil {
 					errOnce.Do(func() { firstErr = err })
 					return
 				}

@@ -43,7 +43,7 @@ var modeMetrics = map[string][]metric{
 	},
 	"steady": {
 		{key: "jobs_per_s", label: "completed jobs/s (after 1 s warm-up)", higherBetter: true, primary: true},
-		{key: "enqueue_jobs_per_s", label: "enqueued jobs/s (one job per transaction)", higherBetter: true},
+		{key: "enqueue_jobs_per_s", label: "enqueued jobs/s (one job per call)", higherBetter: true},
 		{key: "backlog_at_end", label: "enqueued but not completed at the end", higherBetter: false},
 	},
 	"latency": {
@@ -187,7 +187,11 @@ func describe(o options) string {
 	case "slots":
 		return fmt.Sprintf("n=%d parallelism=%d sleep=%v (ideal %.0f jobs/s)", o.n, o.parallelism, o.sleep, float64(o.parallelism)/o.sleep.Seconds())
 	case "steady":
-		return fmt.Sprintf("producers=%d seconds=%g parallelism=%d", o.producers, o.seconds, o.parallelism)
+		calls := "Enqueue / Insert, one job per call"
+		if o.producerTx {
+			calls = "EnqueueTx / InsertTx, one job per producer transaction"
+		}
+		return fmt.Sprintf("producers=%d (%s) seconds=%g parallelism=%d", o.producers, calls, o.seconds, o.parallelism)
 	case "latency":
 		return fmt.Sprintf("50 jobs/s for %g s, one producer, parallelism=%d", o.seconds, o.parallelism)
 	case "idle":

@@ -66,6 +66,10 @@ type system interface {
 // instance is one started-or-not pool (ours) or client (River).
 type instance interface {
 	enqueue(ctx context.Context, a jobArgs) error
+	// enqueueInTx enqueues a in a transaction the caller opens and commits
+	// (ours EnqueueTx in a bun.Tx, River InsertTx in a pgx.Tx), so that no
+	// library can share the commit with another producer's.
+	enqueueInTx(ctx context.Context, a jobArgs) error
 	enqueueBatch(ctx context.Context, args []jobArgs) error
 	// enqueueFuture inserts rows scheduled after d.
 	enqueueFuture(ctx context.Context, args []jobArgs, d time.Duration) error
@@ -157,12 +161,20 @@ func (s *wpSystem) open(_ context.Context, t *tracker, parallelism int) (instanc
 	if err != nil {
 		return nil, err
 	}
-	return &wpInstance{p: p, fn: fn}, nil
+	return &wpInstance{p: p, fn: fn, db: s.db}, nil
 }
 
 type wpInstance struct {
 	p  *workpool.Pool
 	fn *workpool.Func[jobArgs, struct{}]
+	db *bun.DB
+}
+
+func (w *wpInstance) enqueueInTx(ctx context.Context, a jobArgs) error {
+	return w.db.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
+		_, err := w.p.EnqueueTx(ctx, tx, w.fn, a)
+		return err
+	})
 }
 
 func (w *wpInstance) enqueue(ctx context.Context, a jobArgs) error {
@@ -310,6 +322,13 @@ type riverInstance struct {
 func (r *riverInstance) enqueue(ctx context.Context, a jobArgs) error {
 	_, err := r.c.Insert(ctx, a, nil)
 	return err
+}
+
+func (r *riverInstance) enqueueInTx(ctx context.Context, a jobArgs) error {
+	return pgx.BeginFunc(ctx, r.s.pool, func(tx pgx.Tx) error {
+		_, err := r.c.InsertTx(ctx, tx, a, nil)
+		return err
+	})
 }
 
 func (r *riverInstance) enqueueBatch(ctx context.Context, args []jobArgs) error {
