@@ -47,6 +47,19 @@ func (h *kickLockHolder) release() {
 	_, _ = h.conn.ExecContext(context.Background(), "SELECT pg_advisory_unlock_all()")
 }
 
+// newCombineEnv returns a pool named "combine" with a function "fn", one
+// item enqueued, and the pool's kick lock held. The item makes the pool's
+// rows exist before the lock is held: creating them takes no kick lock,
+// but it must not be the statement a test blocks.
+func newCombineEnv(t *testing.T) (*env, *workpool.Pool, *workpool.Func[num, int], *kickLockHolder) {
+	t.Helper()
+	e := newAPIEnv(t)
+	p := e.pool(workpool.Config{Name: "combine"})
+	fn := mustRegister(t, p, "fn", func(ctx context.Context, a num) (int, error) { return a.N, nil })
+	enqueue(t, p, fn, num{N: -1})
+	return e, p, fn, holdKickLock(t, e, "combine")
+}
+
 type enqueueOutcome struct {
 	n   int
 	id  workpool.WorkID
@@ -79,14 +92,8 @@ func fillCommits(t *testing.T, p *workpool.Pool, fn workpool.Handle, h *kickLock
 // and arguments. Rows written by one transaction share their xmin.
 func TestAPIConcurrentEnqueuesShareCommits(t *testing.T) {
 	t.Parallel()
-	e := newAPIEnv(t)
-	p := e.pool(workpool.Config{Name: "combine"})
-	fn := mustRegister(t, p, "fn", func(ctx context.Context, a num) (int, error) { return a.N, nil })
+	e, p, fn, h := newCombineEnv(t)
 	other := mustRegister(t, p, "other", func(ctx context.Context, a num) (int, error) { return a.N, nil })
-	// The pool's rows exist before the lock is held: creating them takes no
-	// kick lock, but it must not be the statement the test blocks.
-	enqueue(t, p, fn, num{N: -1})
-	h := holdKickLock(t, e, "combine")
 
 	out := make(chan enqueueOutcome, 100)
 	fillCommits(t, p, fn, h, out)
@@ -129,11 +136,7 @@ func TestAPIConcurrentEnqueuesShareCommits(t *testing.T) {
 // written; the calls queued behind it are.
 func TestAPIEnqueueCanceledWhileQueuedWritesNothing(t *testing.T) {
 	t.Parallel()
-	e := newAPIEnv(t)
-	p := e.pool(workpool.Config{Name: "combine"})
-	fn := mustRegister(t, p, "fn", func(ctx context.Context, a num) (int, error) { return a.N, nil })
-	enqueue(t, p, fn, num{N: -1})
-	h := holdKickLock(t, e, "combine")
+	e, p, fn, h := newCombineEnv(t)
 
 	out := make(chan enqueueOutcome, 10)
 	fillCommits(t, p, fn, h, out)
@@ -162,16 +165,12 @@ func TestAPIEnqueueCanceledWhileQueuedWritesNothing(t *testing.T) {
 // and only that call gets the error.
 func TestAPIEnqueueRefusedByDatabaseFailsOnlyItsCall(t *testing.T) {
 	t.Parallel()
-	e := newAPIEnv(t)
-	p := e.pool(workpool.Config{Name: "combine"})
-	fn := mustRegister(t, p, "fn", func(ctx context.Context, a num) (int, error) { return a.N, nil })
-	enqueue(t, p, fn, num{N: -1})
+	e, p, fn, h := newCombineEnv(t)
 	// A trigger of the application's that refuses one kind of row.
 	e.exec(fmt.Sprintf(`CREATE FUNCTION %[1]s.refuse_13() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN RAISE EXCEPTION 'thirteen refused'; END $$`, e.schema))
 	e.exec(fmt.Sprintf(`CREATE TRIGGER refuse_13 BEFORE INSERT ON %[1]s.work FOR EACH ROW
 WHEN (NEW.args->>'N' = '13') EXECUTE FUNCTION %[1]s.refuse_13()`, e.schema))
-	h := holdKickLock(t, e, "combine")
 
 	out := make(chan enqueueOutcome, 20)
 	fillCommits(t, p, fn, h, out)
