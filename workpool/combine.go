@@ -40,7 +40,7 @@ type enqueueCall struct {
 }
 
 const (
-	callQueued    int32 = iota // waiting for the commit in flight to end
+	callQueued    int32 = iota // waiting for a commit in flight to end
 	callTaken                  // part of a commit: its outcome is the commit's
 	callAbandoned              // its caller's context ended first; never written
 )
@@ -67,7 +67,7 @@ func (c *sharedCommit) leave() {
 // a little behind three in each of four alternating rounds.
 const maxCommitsInFlight = 3
 
-// combiner queues calls while a commit is in flight.
+// combiner queues calls while maxCommitsInFlight commits are in flight.
 type combiner struct {
 	// write writes calls in one transaction and sets their outcomes; it
 	// does not close done.
@@ -78,9 +78,10 @@ type combiner struct {
 	queue    []*enqueueCall
 }
 
-// do returns once call's outcome is set. If ctx ends while the call waits
-// in the queue, nothing is written and call.err is left for the caller to
-// set; the result says so.
+// do returns true once call's outcome is set, or false if ctx ended first,
+// leaving call.err for the caller to set: nothing was written if the call
+// was still queued, and the outcome is unknown if its commit was in
+// flight.
 func (c *combiner) do(ctx context.Context, call *enqueueCall) (written bool) {
 	call.done = make(chan struct{})
 	c.mu.Lock()
@@ -115,7 +116,8 @@ func (c *combiner) do(ctx context.Context, call *enqueueCall) (written bool) {
 }
 
 // handOff commits the calls that queued during a commit, on a goroutine of
-// their own, or ends the in-flight state if none did.
+// their own that keeps the commit's place in flight, or gives the place up
+// if none did.
 func (c *combiner) handOff() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
