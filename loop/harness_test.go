@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 	"github.com/uptrace/bun"
@@ -77,6 +78,8 @@ type harnessOpts struct {
 	batchSize      int
 	jitter         float64 // the random draw; 0.5 makes the factor exactly 1
 	recovery       recovery.Config
+	// processCountMaxAge is loop.Config.ProcessCountMaxAge (0: default).
+	processCountMaxAge time.Duration
 }
 
 func newHarness(t *testing.T, o harnessOpts) *harness {
@@ -99,7 +102,8 @@ func newHarness(t *testing.T, o harnessOpts) *harness {
 	h.loop = loop.New(loop.Config{
 		Pool: pool, Store: h.st, DB: h.sqlDB, Logger: logger,
 		BatchSize: o.batchSize, Recovery: o.recovery,
-		Jitter: func() float64 { return jitter },
+		Jitter:             func() float64 { return jitter },
+		ProcessCountMaxAge: o.processCountMaxAge,
 	})
 	h.keys = h.loop.Keys()
 	return h

@@ -1,9 +1,13 @@
 package loop_test
 
 import (
+	"context"
+	"database/sql"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 
 	"github.com/pgworkpool/pgworkpool/internal/store"
 	"github.com/pgworkpool/pgworkpool/loop"
@@ -107,4 +111,87 @@ func TestResultsArrivingKeepTheLoopRunning(t *testing.T) {
 	src.arriving = false
 	assert.Equal(t, loop.NextIdle, h.main().Next)
 	assert.Equal(t, store.RunIdle, h.runStatus().State)
+}
+
+// slotSource is a loop.LocalWorkers with free slots for the function "fn"
+// that records which work each iteration delivered to it.
+type slotSource struct {
+	claim     store.LocalClaim
+	delivered [][]int64
+}
+
+func (s *slotSource) Reserve(int) store.LocalClaim                     { return s.claim }
+func (s *slotSource) Unreserve(store.LocalClaim)                       {}
+func (s *slotSource) TakeResults(int) []store.Result                   { return nil }
+func (s *slotSource) ResultsRecorded([]store.Result, []store.Recorded) {}
+func (s *slotSource) ResultsWaiting() bool                             { return false }
+func (s *slotSource) ReturnResults([]store.Result)                     {}
+
+func (s *slotSource) Deliver(_ store.LocalClaim, starts []store.Start) {
+	ids := []int64{}
+	for _, st := range starts {
+		ids = append(ids, st.WorkID)
+	}
+	s.delivered = append(s.delivered, ids)
+}
+
+// TestLocalShareCountsProcesses: the leading process's workers take only
+// their share of a batch, the batch divided by the pool's started processes
+// (their LISTEN connections, stood in for here by connections that carry
+// the pool's application_name). The count is taken again only once the
+// last one is older than ProcessCountMaxAge, so a process that left keeps
+// its share until then.
+func TestLocalShareCountsProcesses(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name   string
+		maxAge time.Duration
+		want   []int // work delivered locally by the first and second iteration
+	}{
+		{"count kept", time.Hour, []int{5, 5}},
+		{"count expired", time.Nanosecond, []int{5, 10}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			// Each iteration may start 10: the batch that is divided.
+			h := newHarness(t, harnessOpts{maxParallelism: 10, processCountMaxAge: tc.maxAge})
+			h.recoveredNow()
+			src := &slotSource{claim: store.LocalClaim{WorkerID: 1, Fns: []string{"fn"}, Slots: 10, Listeners: h.keys.Channel}}
+			h.loop.SetLocal(src)
+			var procs []*sql.Conn
+			for range 2 {
+				c, err := h.sqlDB.Conn(h.ctx)
+				require.NoError(t, err)
+				t.Cleanup(func() {
+					_, _ = c.ExecContext(context.Background(), "RESET application_name")
+					_ = c.Close()
+				})
+				_, err = c.ExecContext(h.ctx, "SELECT set_config('application_name', $1, false)", h.keys.Channel)
+				require.NoError(t, err)
+				procs = append(procs, c)
+			}
+			startDue := func() {
+				for range 10 {
+					h.pendingStart(h.work(workOpts{}), h.now())
+				}
+			}
+
+			startDue()
+			out := h.main()
+			assert.Equal(t, 10, out.Started)
+			_, err := procs[1].ExecContext(h.ctx, "SELECT set_config('application_name', '', false)")
+			require.NoError(t, err)
+			h.exec("UPDATE {s}.config SET max_parallelism = 20")
+			startDue()
+			out = h.main()
+			assert.Equal(t, 10, out.Started)
+
+			require.Len(t, src.delivered, 2)
+			assert.Len(t, src.delivered[0], tc.want[0], "two processes: half of the batch")
+			assert.Len(t, src.delivered[1], tc.want[1])
+			assert.Equal(t, int64(20-tc.want[0]-tc.want[1]), h.scalar("SELECT count(*) FROM {s}.running WHERE claimed_by IS NULL"),
+				"the rest waits for other processes to claim it")
+			h.checkRunningCount()
+		})
+	}
 }

@@ -152,6 +152,13 @@ const (
 	PollIntervalDefault = 20 * time.Millisecond
 	// StatementTimeoutDefault bounds each statement of an iteration.
 	StatementTimeoutDefault = 30 * time.Second
+	// ProcessCountMaxAgeDefault: counting the processes reads every
+	// backend slot of the server (pg_stat_activity), which was a sixth of
+	// an iteration's server time in the slots benchmark when done every
+	// iteration. A process that starts or stops changes the division of
+	// the batches at most this much later; meanwhile work meant for it is
+	// claimed by its own claimer, or by this process's claimer.
+	ProcessCountMaxAgeDefault = time.Second
 )
 
 // ErrPoolNotFound is returned when the pool's rows do not exist: the pool
@@ -183,6 +190,10 @@ type Config struct {
 	// server (StatementTimeoutDefault), so an iteration whose client went
 	// away cannot keep its locks.
 	StatementTimeout time.Duration
+	// ProcessCountMaxAge is how long the start phase trusts its last count
+	// of the pool's started processes, by which it divides a batch between
+	// this process's workers and the others (ProcessCountMaxAgeDefault).
+	ProcessCountMaxAge time.Duration
 	// Local, if set, receives the work the loop claims for the workers of
 	// this process (see the package doc).
 	Local LocalWorkers
@@ -253,6 +264,12 @@ type Loop struct {
 		// pending is what the last iteration's re-check saw.
 		pending store.Pending
 	}
+	// processes is the start phase's last count of the pool's started
+	// processes, and when it was taken (see ProcessCountMaxAge).
+	processes struct {
+		n  int
+		at time.Time
+	}
 }
 
 // New returns a Loop for cfg.
@@ -271,6 +288,9 @@ func New(cfg Config) *Loop {
 	}
 	if cfg.StatementTimeout <= 0 {
 		cfg.StatementTimeout = StatementTimeoutDefault
+	}
+	if cfg.ProcessCountMaxAge <= 0 {
+		cfg.ProcessCountMaxAge = ProcessCountMaxAgeDefault
 	}
 	cfg.Recovery = cfg.Recovery.WithDefaults()
 	if cfg.RecoveryPeriod <= 0 {
@@ -383,6 +403,9 @@ type iteration struct {
 	carried       *carried
 	carriedFailed bool
 	committing    bool
+	// countedProcesses: the start phase counted the pool's processes
+	// itself rather than take the cached count.
+	countedProcesses bool
 }
 
 func (it *iteration) signal(b byte) {
@@ -515,6 +538,9 @@ func (l *Loop) remember(it *iteration) {
 	st.RunningCount = it.running
 	st.Counters = it.counters
 	l.cache.valid, l.cache.state, l.cache.at, l.cache.pending = true, st, time.Now(), it.pending
+	if it.countedProcesses && it.starts.Processes > 0 {
+		l.processes.n, l.processes.at = it.starts.Processes, time.Now()
+	}
 }
 
 func (l *Loop) recoveryPeriod() segments.Segment { return segments.Of(l.cfg.RecoveryPeriod) }
@@ -552,8 +578,13 @@ func (l *Loop) phases(st store.State, cached, recoveryIter bool, it *iteration) 
 	} else {
 		it.skippedCancelations = true
 	}
+	local := it.local
+	if time.Since(l.processes.at) < l.cfg.ProcessCountMaxAge {
+		local.Processes = l.processes.n
+	}
+	it.countedProcesses = local.Processes == 0
 	return append(ops,
-		s.StartWorkOp(pool, store.Range{From: from(st.StartCursor), To: math.MaxInt64}, l.cfg.BatchSize, it.local, &it.starts),
+		s.StartWorkOp(pool, store.Range{From: from(st.StartCursor), To: math.MaxInt64}, l.cfg.BatchSize, local, &it.starts),
 		// The re-check is a later statement than the try-lock, so its
 		// snapshot is taken after the lock was granted (see decide).
 		s.TryKickLockOp(l.keys.KickLock, &it.locked),

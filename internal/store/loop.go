@@ -132,12 +132,18 @@ WITH lim AS (
          WHERE pool = $1 AND segment >= $2 AND segment <= LEAST($3::bigint, {now})
          ORDER BY segment LIMIT (SELECT n FROM lim)))
     RETURNING work_id, segment, fn_name, label, attempt, timeout_ms
+), procs AS (
+    -- The pool's started processes, counted by their LISTEN connections
+    -- unless the caller passes a recent count ($10 > 0): pg_stat_activity
+    -- copies every backend slot of the server, a third of this
+    -- statement's time in the slots benchmark. CASE evaluates the count
+    -- only when it is asked for.
+    SELECT GREATEST(1, CASE WHEN $10::int > 0 THEN $10::int
+                            ELSE (SELECT count(*) FROM pg_stat_activity WHERE application_name = $9)::int END) AS n
 ), share AS (
-    -- The local worker takes at most its share of the batch, counting the
-    -- pool's started processes by their LISTEN connections, so that other
+    -- The local worker takes at most its share of the batch, so that other
     -- processes get work too.
-    SELECT LEAST($7::int, ceil((SELECT n FROM lim)::numeric /
-               GREATEST(1, (SELECT count(*) FROM pg_stat_activity WHERE application_name = $9)))) AS n
+    SELECT LEAST($7::int, ceil((SELECT n FROM lim)::numeric / (SELECT n FROM procs))) AS n
 ), pick AS (
     SELECT ps.*, (fn_name = ANY($6::text[])
                   AND row_number() OVER (PARTITION BY fn_name = ANY($6::text[]) ORDER BY segment, work_id)
@@ -165,7 +171,8 @@ WITH lim AS (
 )
 SELECT pick.work_id, pick.segment, pick.fn_name, pick.label, pick.attempt, pick.timeout_ms, pick.mine,
        COALESCE(w.args::text, ''), COALESCE(w.on_complete IS NOT NULL, false),
-       (SELECT count(*) FROM ins), (SELECT running_count FROM rc), (SELECT n FROM lim), statement_timestamp()
+       (SELECT count(*) FROM ins), (SELECT running_count FROM rc), (SELECT n FROM lim), statement_timestamp(),
+       CASE WHEN pick.mine THEN (SELECT n FROM procs) ELSE 0 END
   FROM pick LEFT JOIN LATERAL (SELECT args, on_complete FROM {s}.work WHERE id = pick.work_id AND pick.mine LIMIT 1) w ON true`)
 
 	// unclaim gives back rows startWork claimed for this process when it
@@ -435,6 +442,9 @@ type Starts struct {
 	Running, Limit int
 	// StartedAt is the claim time of the Mine rows.
 	StartedAt time.Time
+	// Processes is the count of the pool's started processes that divided
+	// the batch (zero when no row was claimed for the local worker).
+	Processes int
 }
 
 // LocalClaim asks StartWorkOp to claim rows for a worker of this process.
@@ -447,6 +457,9 @@ type LocalClaim struct {
 	// Listeners is the application_name of the pool's LISTEN connections,
 	// one per started process: the local worker takes at most its share.
 	Listeners string
+	// Processes, when positive, is a recent count of those connections,
+	// which the statement then uses instead of counting them again.
+	Processes int
 }
 
 // StartWorkOp moves up to limit due pending_start rows in r into running
@@ -457,17 +470,19 @@ func (s *Store) StartWorkOp(pool string, r Range, limit int, local LocalClaim, o
 	}
 	var st Start // scanned into once per statement (see RecordLocalResultsOp)
 	var timeoutMs int64
+	var procs int // the same in every row that has it
 	dest := []any{&st.WorkID, &st.Segment, &st.Fn, &st.Label, &st.Attempt, &timeoutMs, &st.Mine, &st.Args,
-		&st.HasOnComplete, &out.Inserted, &out.Running, &out.Limit, &out.StartedAt}
+		&st.HasOnComplete, &out.Inserted, &out.Running, &out.Limit, &out.StartedAt, &procs}
 	return s.op("startWork", func(rows Row) error {
 		st = Start{}
 		if err := rows.Scan(dest...); err != nil {
 			return err
 		}
 		st.Timeout = time.Duration(timeoutMs) * time.Millisecond
+		out.Processes = max(out.Processes, procs)
 		out.Rows = append(out.Rows, st)
 		return nil
-	}, pool, r.From, r.To, limit, local.WorkerID, local.Fns, local.Slots, local.Heartbeat, local.Listeners)
+	}, pool, r.From, r.To, limit, local.WorkerID, local.Fns, local.Slots, local.Heartbeat, local.Listeners, local.Processes)
 }
 
 // UnclaimOp gives back rows StartWorkOp claimed for workerID at startedAt.
