@@ -75,3 +75,44 @@ func TestAPITimeoutRetried(t *testing.T) {
 	assert.Equal(t, apiCompletion{Status: "success", Value: "3", Attempts: 3}, e.waitCompletion(id, 10*time.Second))
 	assert.Equal(t, int32(3), calls.Load())
 }
+
+// TestAPIClaimAfterIdleRefreshesLease: a process that sat idle for longer
+// than the lease refreshes it in the statement that claims its next work,
+// even when an iteration that claimed nothing for it came in between, so a
+// recovery pass right after the claim leaves the attempt alone.
+func TestAPIClaimAfterIdleRefreshesLease(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	e := newAPIEnv(t)
+	p := e.pool(workpool.Config{MaxParallelism: 2, HeartbeatInterval: time.Second, Lease: 1500 * time.Millisecond})
+	var calls atomic.Int32
+	started := make(chan struct{}, 2)
+	release := make(chan struct{})
+	f := mustRegister(t, p, "held", func(ctx context.Context, a num) (int, error) {
+		calls.Add(1)
+		started <- struct{}{}
+		<-release
+		return a.N, nil
+	})
+	done := mustOnComplete(t, e, p, "done")
+	start(t, p)
+	waitFor(t, 10*time.Second, "the idle process's heartbeat to age past the lease", func() bool {
+		return e.count("SELECT count(*) FROM "+e.schema+".workers WHERE heartbeat_at < now() - interval '1600 milliseconds'") == 1
+	})
+	// An iteration that claims nothing for this process (the work is not
+	// due), then one that claims the second item.
+	enqueue(t, p, f, num{N: 1}, workpool.RunAfter(time.Hour))
+	id := enqueue(t, p, f, num{N: 2}, workpool.Retry(workpool.RetryBehavior{MaxAttempts: 3, Base: 1}), workpool.OnComplete(done, ""))
+	recv(t, started, 10*time.Second, "the handler to start")
+	e.forceRecovery(p.Name())
+	require.NoError(t, p.SetMaxParallelism(ctx, 3)) // kicks the loop
+	waitFor(t, 10*time.Second, "a recovery pass", func() bool {
+		return e.count("SELECT count(*) FROM "+e.schema+".internal_state WHERE last_recovery > 0") == 1
+	})
+	st, err := p.Status(ctx, id)
+	require.NoError(t, err)
+	assert.Equal(t, workpool.Status{State: workpool.StateRunning}, st, "recovery declared a fresh claim lost")
+	close(release)
+	assert.Equal(t, apiCompletion{Status: "success", Value: "2", Attempts: 1}, e.waitCompletion(id, 10*time.Second))
+	assert.Equal(t, int32(1), calls.Load())
+}

@@ -437,7 +437,12 @@ func (r *running) Reserve(limit int) store.LocalClaim {
 func (r *running) Deliver(claim store.LocalClaim, starts []store.Start) {
 	r.mu.Lock()
 	r.reserved -= claim.Slots
-	if claim.Heartbeat {
+	if claim.Heartbeat && len(starts) > 0 {
+		// The start statement refreshes the lease only when it claims
+		// work for this process. Counted as a heartbeat without one, an
+		// iteration that claimed nothing would let the next claim go
+		// without a refresh, and a recovery pass could then declare that
+		// claim lost, its worker's heartbeat still as old as its idleness.
 		r.lastHeartbeat = time.Now()
 	}
 	attempts := r.deliverBuf[:0]
