@@ -13,6 +13,25 @@ import (
 	"github.com/pgworkpool/pgworkpool/workpool"
 )
 
+// held is a handler that records each call and blocks until released.
+type held struct {
+	calls   atomic.Int32
+	started chan struct{}
+	release chan struct{}
+}
+
+// registerHeld registers a held handler as "held" on p.
+func registerHeld(t *testing.T, p *workpool.Pool) (*workpool.Func[num, int], *held) {
+	h := &held{started: make(chan struct{}, 2), release: make(chan struct{})}
+	f := mustRegister(t, p, "held", func(ctx context.Context, a num) (int, error) {
+		h.calls.Add(1)
+		h.started <- struct{}{}
+		<-h.release
+		return a.N, nil
+	})
+	return f, h
+}
+
 // TestAPILeaseKeptByHeartbeat: a handler that runs longer than the lease
 // is not declared lost while its process heartbeats: a recovery pass in
 // the middle of it leaves it alone and it completes once.
@@ -20,19 +39,11 @@ func TestAPILeaseKeptByHeartbeat(t *testing.T) {
 	t.Parallel()
 	e := newAPIEnv(t)
 	p := e.pool(workpool.Config{MaxParallelism: 2, HeartbeatInterval: 100 * time.Millisecond, Lease: 400 * time.Millisecond})
-	var calls atomic.Int32
-	started := make(chan struct{}, 2)
-	release := make(chan struct{})
-	f := mustRegister(t, p, "long", func(ctx context.Context, a num) (int, error) {
-		calls.Add(1)
-		started <- struct{}{}
-		<-release
-		return a.N, nil
-	})
+	f, h := registerHeld(t, p)
 	done := mustOnComplete(t, e, p, "done")
 	start(t, p)
 	id := enqueue(t, p, f, num{N: 8}, workpool.Retry(workpool.RetryBehavior{MaxAttempts: 3, Base: 1}), workpool.OnComplete(done, ""))
-	recv(t, started, 10*time.Second, "the handler to start")
+	recv(t, h.started, 10*time.Second, "the handler to start")
 	// Outlive the lease several times over; the process heartbeats meanwhile.
 	waitFor(t, 10*time.Second, "the attempt to outlive its lease", func() bool {
 		return e.count("SELECT count(*) FROM "+e.schema+".running WHERE claimed_at < now() - interval '1200 milliseconds'") == 1
@@ -45,10 +56,10 @@ func TestAPILeaseKeptByHeartbeat(t *testing.T) {
 	st, err := p.Status(context.Background(), id)
 	require.NoError(t, err)
 	assert.Equal(t, workpool.Status{State: workpool.StateRunning}, st, "recovery took a heartbeating attempt")
-	close(release)
+	close(h.release)
 	assert.Equal(t, apiCompletion{Status: "success", Value: "8", Attempts: 1}, e.waitCompletion(id, 10*time.Second))
-	assert.Equal(t, int32(1), calls.Load())
-	assert.Len(t, started, 0)
+	assert.Equal(t, int32(1), h.calls.Load())
+	assert.Len(t, h.started, 0)
 }
 
 // TestAPITimeoutRetried: a timed-out attempt is a failed attempt: retried
@@ -85,15 +96,7 @@ func TestAPIClaimAfterIdleRefreshesLease(t *testing.T) {
 	ctx := context.Background()
 	e := newAPIEnv(t)
 	p := e.pool(workpool.Config{MaxParallelism: 2, HeartbeatInterval: time.Second, Lease: 1500 * time.Millisecond})
-	var calls atomic.Int32
-	started := make(chan struct{}, 2)
-	release := make(chan struct{})
-	f := mustRegister(t, p, "held", func(ctx context.Context, a num) (int, error) {
-		calls.Add(1)
-		started <- struct{}{}
-		<-release
-		return a.N, nil
-	})
+	f, h := registerHeld(t, p)
 	done := mustOnComplete(t, e, p, "done")
 	start(t, p)
 	waitFor(t, 10*time.Second, "the idle process's heartbeat to age past the lease", func() bool {
@@ -103,7 +106,7 @@ func TestAPIClaimAfterIdleRefreshesLease(t *testing.T) {
 	// due), then one that claims the second item.
 	enqueue(t, p, f, num{N: 1}, workpool.RunAfter(time.Hour))
 	id := enqueue(t, p, f, num{N: 2}, workpool.Retry(workpool.RetryBehavior{MaxAttempts: 3, Base: 1}), workpool.OnComplete(done, ""))
-	recv(t, started, 10*time.Second, "the handler to start")
+	recv(t, h.started, 10*time.Second, "the handler to start")
 	e.forceRecovery(p.Name())
 	require.NoError(t, p.SetMaxParallelism(ctx, 3)) // kicks the loop
 	waitFor(t, 10*time.Second, "a recovery pass", func() bool {
@@ -112,7 +115,7 @@ func TestAPIClaimAfterIdleRefreshesLease(t *testing.T) {
 	st, err := p.Status(ctx, id)
 	require.NoError(t, err)
 	assert.Equal(t, workpool.Status{State: workpool.StateRunning}, st, "recovery declared a fresh claim lost")
-	close(release)
+	close(h.release)
 	assert.Equal(t, apiCompletion{Status: "success", Value: "2", Attempts: 1}, e.waitCompletion(id, 10*time.Second))
-	assert.Equal(t, int32(1), calls.Load())
+	assert.Equal(t, int32(1), h.calls.Load())
 }
