@@ -135,9 +135,9 @@ WITH lim AS (
 ), procs AS (
     -- The pool's started processes, counted by their LISTEN connections
     -- unless the caller passes a recent count ($10 > 0): pg_stat_activity
-    -- copies every backend slot of the server, a third of this
-    -- statement's time in the slots benchmark. CASE evaluates the count
-    -- only when it is asked for.
+    -- copies every backend slot of the server, 45 of this statement's
+    -- 220 µs in the slots benchmark. CASE evaluates the count only when it
+    -- is asked for.
     SELECT GREATEST(1, CASE WHEN $10::int > 0 THEN $10::int
                             ELSE (SELECT count(*) FROM pg_stat_activity WHERE application_name = $9)::int END) AS n
 ), share AS (
