@@ -144,11 +144,19 @@ WITH lim AS (
     -- The local worker takes at most its share of the batch, so that other
     -- processes get work too.
     SELECT LEAST($7::int, ceil((SELECT n FROM lim)::numeric / (SELECT n FROM procs))) AS n
+), fits AS (
+    -- Whether every row of the local worker's functions fits its share,
+    -- as all do in a busy single-process pool: then no row needs ranking,
+    -- and the sort of the second branch below is never run.
+    SELECT count(*) FILTER (WHERE fn_name = ANY($6::text[])) <= (SELECT n FROM share) AS yes FROM ps
 ), pick AS (
+    SELECT ps.*, fn_name = ANY($6::text[]) AS mine
+      FROM ps WHERE (SELECT yes FROM fits)
+    UNION ALL
     SELECT ps.*, (fn_name = ANY($6::text[])
                   AND row_number() OVER (PARTITION BY fn_name = ANY($6::text[]) ORDER BY segment, work_id)
                       <= (SELECT n FROM share)) AS mine
-      FROM ps
+      FROM ps WHERE NOT (SELECT yes FROM fits)
 ), ins AS (
     INSERT INTO {s}.running (work_id, pool, fn_name, label, attempt, segment, started_at, timeout_ms,
                              claimed_by, claimed_at, deadline)

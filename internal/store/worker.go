@@ -27,7 +27,13 @@ import (
 // old one would drop a valid result as stale, leaving its work claimed and
 // unfinished; the recheck of the WHERE clause on the row's latest version
 // is the fence against a competing result.
-const recordFenced = `
+//
+// updMay is a condition on r alone that every result upd can match
+// satisfies ("true" when nothing narrower is known): filtering r before
+// the anti-join spares its hash of del when no result qualifies, as in a
+// busy iteration of the loop that records hundreds of successes.
+func recordFenced(updMay string) string {
+	return `
 WITH r AS (
     SELECT * FROM unnest($2::bigint[], $3::int[], $4::text[], $5::text[], $6::bool[], $7::text[], $8::bigint[])
         AS r(work_id, attempt, status, error, nonretryable, value, run_ms)
@@ -46,7 +52,8 @@ WITH r AS (
                                             'error', NULLIF(r.error, ''), 'value', NULLIF(r.value, '')::jsonb) END,
            finish_after = CASE WHEN ` + retryRule + ` THEN NULL ELSE now() END
       FROM r
-     WHERE NOT EXISTS (SELECT 1 FROM del WHERE del.id = r.work_id)
+     WHERE (` + updMay + `)
+       AND NOT EXISTS (SELECT 1 FROM del WHERE del.id = r.work_id)
        AND w.id = r.work_id AND w.pool = $1 AND w.attempts = r.attempt AND w.result IS NULL
        AND (w.on_complete IS NOT NULL OR ` + retryRule + `)
     -- RETURNING sees the updated row: result is NULL exactly for a retry.
@@ -57,6 +64,7 @@ WITH r AS (
 ), fenced AS (
     SELECT * FROM del UNION ALL SELECT * FROM upd
 )`
+}
 
 // retryRule says, for a result r and its work row w as they stand before
 // the result is recorded, whether the attempt is retried. recordFenced
@@ -106,7 +114,7 @@ SELECT u.work_id, u.attempt, u.fn_name, u.timeout_ms, COALESCE(w.args::text, '')
 
 	// recordResults queues a pending_completion for the loop for every
 	// fenced result (see recordFenced) and takes the shared kick lock.
-	register("recordResults", recordFenced+`, pc AS (
+	register("recordResults", recordFenced("true")+`, pc AS (
     INSERT INTO {s}.pending_completion (pool, segment, work_id, attempt, status, error, retry, run_ms)
     SELECT $1, {now}, id, attempt, status, error, retry, run_ms FROM fenced
 ), lk AS (
@@ -123,7 +131,9 @@ SELECT f.id, f.attempts, f.status, f.retry, COALESCE(f.on_complete, ''), COALESC
 	// the fenced results, then one marker row per running row it deleted
 	// (the two CTEs are not joined; see takeCompletions). No kick lock: the
 	// loop re-checks in its own transaction, which sees these rows.
-	register("recordLocalResults", recordFenced+`, pc AS (
+	// Its results run no onComplete (see RecordLocalResultsOp), so only a
+	// failure, which may retry, can end by an update.
+	register("recordLocalResults", recordFenced("r.status = 'failed'")+`, pc AS (
     INSERT INTO {s}.pending_completion (pool, segment, work_id, attempt, status, error, retry, run_ms)
     SELECT $1, {now}, id, attempt, status, error, retry, run_ms FROM fenced WHERE retry
 ), `+freeSlots("SELECT id AS work_id FROM fenced WHERE NOT retry")+`
@@ -329,7 +339,11 @@ type LocalRecorded struct {
 
 // RecordLocalResultsOp records results in the loop's own transaction: like
 // RecordResultsOp, but a terminal result frees its slot at once instead of
-// queueing a completion (see the SQL), and no kick lock is taken.
+// queueing a completion (see the SQL), and no kick lock is taken. The
+// results must be of work that has no onComplete, as the loop's workers
+// hand over (loop.LocalWorkers.TakeResults): the statement looks for a
+// work row to update only for a failure, and a result of work with an
+// onComplete would find nothing to match and be taken for stale.
 func (s *Store) RecordLocalResultsOp(pool string, results []Result, out *LocalRecorded) Op {
 	// Sized for every result at once: the loop records thousands per
 	// iteration in a drain, and growing these by doubling was a third of
