@@ -26,6 +26,17 @@ const (
 	// ReconnectBackoffMaxDefault caps the wait between attempts to
 	// re-establish the LISTEN connection.
 	ReconnectBackoffMaxDefault = 5 * time.Second
+	// GatherDelayDefault is how long a busy loop waits before its next
+	// iteration (DriverConfig.GatherDelay). In the steady benchmark (eight
+	// producers, no-op jobs) 5 ms took iterations from about 450 a second
+	// with 12 items each to 120 with 60, and throughput up by a fifth;
+	// 2 ms gained half as much, 10 ms no more.
+	GatherDelayDefault = 5 * time.Millisecond
+	// gatherMinMoved is how many items (started plus completed) an
+	// iteration must have moved for the next one to wait: below it the
+	// loop is not busy enough for the wait to pay, and a lone enqueue's
+	// start and result, an iteration each, never wait.
+	gatherMinMoved = 8
 )
 
 // DriverConfig configures a [Driver].
@@ -56,6 +67,18 @@ type DriverConfig struct {
 	HealthcheckInterval time.Duration
 	IterationTimeout    time.Duration
 	ReconnectBackoffMax time.Duration
+	// GatherDelay is how long the loop waits before an iteration that
+	// follows a busy one, so that the enqueues and results arriving
+	// meanwhile share its transaction: each iteration's statements and
+	// commit cost about the same whether they carry ten items or a
+	// hundred, and under sustained load those fixed costs took CPU the
+	// producers needed. The wait applies only when the last iteration
+	// ended less than GatherDelay ago, started work, moved at least
+	// gatherMinMoved items, did not fill a batch and left free slots: a
+	// saturated pool hands a freed slot on at once, and a quiet one starts
+	// an enqueue at once. Zero means GatherDelayDefault; negative
+	// disables the wait.
+	GatherDelay time.Duration
 }
 
 // Driver runs a pool's loop in one process: it listens for kicks, competes
@@ -71,6 +94,10 @@ type Driver struct {
 
 	leader     atomic.Bool
 	iterations atomic.Int64
+
+	// gatherAfter is when the last iteration ended, if the next one is to
+	// wait GatherDelay (see gathers); only the iterating goroutine uses it.
+	gatherAfter time.Time
 }
 
 // NewDriver returns a driver; call Run to start it.
@@ -83,6 +110,9 @@ func NewDriver(cfg DriverConfig) *Driver {
 	}
 	if cfg.ReconnectBackoffMax <= 0 {
 		cfg.ReconnectBackoffMax = ReconnectBackoffMaxDefault
+	}
+	if cfg.GatherDelay == 0 {
+		cfg.GatherDelay = GatherDelayDefault
 	}
 	if cfg.OnSignal == nil {
 		cfg.OnSignal = func(string) {}
@@ -391,6 +421,14 @@ func (d *Driver) iterateUntilQuiet(ctx context.Context, generation int64, c *car
 			}
 			generation = g
 		}
+		if c == nil && !d.gatherAfter.IsZero() {
+			wait := time.Until(d.gatherAfter.Add(d.cfg.GatherDelay))
+			d.gatherAfter = time.Time{}
+			if wait > 0 {
+				sleep(ctx, wait)
+				continue // Stop or a lost leadership may have come meanwhile
+			}
+		}
 		// Stopping the driver does not cancel an iteration in flight: a
 		// canceled client leaves its statement running on the server with
 		// the iteration's locks. Only the timeout applies.
@@ -399,6 +437,10 @@ func (d *Driver) iterateUntilQuiet(ctx context.Context, generation int64, c *car
 		c = nil
 		cancel()
 		d.iterations.Add(1)
+		d.gatherAfter = time.Time{}
+		if err == nil && d.gathers(out) {
+			d.gatherAfter = time.Now()
+		}
 		if err != nil {
 			if ctx.Err() == nil {
 				log.Warn(ctx, "loop: iteration failed, retrying", "error", err, "backoff", errBackoff)
@@ -433,6 +475,13 @@ func (d *Driver) iterateUntilQuiet(ctx context.Context, generation int64, c *car
 		}
 	}
 	return generation, -1
+}
+
+// gathers reports whether the iteration after one that ended with out
+// waits for work to gather (see DriverConfig.GatherDelay).
+func (d *Driver) gathers(out Outcome) bool {
+	return d.cfg.GatherDelay > 0 && !out.Stale && !out.Saturated && !out.BatchFull &&
+		out.Started > 0 && out.Started+out.Completions >= gatherMinMoved
 }
 
 // wait sleeps for d or until kicked or ctx ends.

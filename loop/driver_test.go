@@ -49,6 +49,7 @@ func (h *harness) startProcessFrom(t *testing.T, name, origin string) *process {
 	p.driver = loop.NewDriver(loop.DriverConfig{
 		Loop: lp, ConnConfig: cfg, Logger: logger, Origin: origin,
 		HealthcheckInterval: 200 * time.Millisecond,
+		GatherDelay:         h.gatherDelay,
 		OnLeaderChange:      func(l bool) { p.leader <- l },
 		OnSignal: func(s string) {
 			// Only the iteration's in-process signal carries exactly "s"
@@ -100,20 +101,31 @@ func (h *harness) enqueue(t *testing.T) int64 {
 // enqueueFrom is enqueue with a kick of the given origin.
 func (h *harness) enqueueFrom(t *testing.T, origin string) int64 {
 	t.Helper()
-	var id int64
+	return h.enqueueMany(t, 1, origin)[0]
+}
+
+// enqueueMany is enqueueFrom for n items in one transaction.
+func (h *harness) enqueueMany(t *testing.T, n int, origin string) []int64 {
+	t.Helper()
+	var ids []int64
 	require.NoError(t, withTx(h.ctx, h.sqlDB, func(tx *sql.Tx) error {
-		ids, seg, err := h.st.InsertWork(h.ctx, tx, store.NewWork{
+		labels, args, ctxs := make([]string, n), make([]string, n), make([]string, n)
+		for i := range args {
+			args[i] = "{}"
+		}
+		var seg int64
+		var err error
+		ids, seg, err = h.st.InsertWork(h.ctx, tx, store.NewWork{
 			WorkOptions: store.WorkOptions{Pool: pool, Fn: "fn", MaxAttempts: 1, BackoffBase: 1, TimeoutMs: 60000},
-			Labels:      []string{""}, Args: []string{"{}"}, Contexts: []string{""},
+			Labels:      labels, Args: args, Contexts: ctxs,
 		}, h.keys.KickLock)
 		if err != nil {
 			return err
 		}
-		id = ids[0]
 		_, err = h.st.Kick(h.ctx, tx, pool, h.keys, store.KickSource{Due: seg, StartsOnly: true, Origin: origin})
 		return err
 	}))
-	return id
+	return ids
 }
 
 func waitLeader(t *testing.T, procs []*process, timeout time.Duration) *process {
@@ -460,4 +472,66 @@ func TestResultKickLeavesOutEmptyPhasesAndMissesNothing(t *testing.T) {
 		assert.Zero(t, h.scalar("SELECT count(*) FROM {s}.pending_start"), "%s: the cancel took the start back", tc.name)
 		h.checkRunningCount()
 	}
+}
+
+// TestGatherWaitsAfterABusyIteration: an iteration that follows one that
+// started many items, with slots left, waits until GatherDelay after it,
+// so that what arrives meanwhile shares it; with gathering disabled, the
+// same iteration runs at once. Only the wait's lower bound is asserted in
+// the first case (a sleep guarantees it); the second allows 350 ms for an
+// iteration that takes a few.
+func TestGatherWaitsAfterABusyIteration(t *testing.T) {
+	t.Parallel()
+	const delay = 400 * time.Millisecond
+	for _, c := range []struct {
+		name   string
+		gather time.Duration
+		waits  bool
+	}{
+		{"gathering", delay, true},
+		{"disabled", -1, false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			h := newHarness(t, harnessOpts{maxParallelism: 1000, gatherDelay: c.gather})
+			p := h.startProcess(t, "only")
+			waitLeader(t, []*process{p}, 10*time.Second)
+			settleLead(t, p)
+			// Waits out a gather the settling iterations may have left.
+			time.Sleep(delay)
+
+			h.enqueueMany(t, 10, "")
+			h.waitRunning(t, p, 10, "the busy iteration")
+			busyEnded := time.Now()
+			h.enqueue(t)
+			h.waitRunning(t, p, 11, "the next iteration")
+			if took := time.Since(busyEnded); c.waits {
+				assert.GreaterOrEqual(t, took, delay-50*time.Millisecond)
+			} else {
+				assert.Less(t, took, delay-50*time.Millisecond)
+			}
+		})
+	}
+}
+
+// TestGatherRule: which outcomes make the next iteration wait.
+func TestGatherRule(t *testing.T) {
+	t.Parallel()
+	busy := loop.Outcome{Started: 5, Completions: 3}
+	on := loop.NewDriver(loop.DriverConfig{GatherDelay: time.Millisecond})
+	off := loop.NewDriver(loop.DriverConfig{GatherDelay: -1})
+	assert.True(t, on.Gathers(busy), "started and completed enough, slots left")
+	assert.False(t, off.Gathers(busy), "disabled")
+	for name, change := range map[string]func(*loop.Outcome){
+		"saturated":       func(o *loop.Outcome) { o.Saturated = true },
+		"batch full":      func(o *loop.Outcome) { o.BatchFull = true },
+		"stale":           func(o *loop.Outcome) { o.Stale = true },
+		"too few items":   func(o *loop.Outcome) { o.Completions = 2 },
+		"nothing started": func(o *loop.Outcome) { o.Started, o.Completions = 0, 20 },
+	} {
+		o := busy
+		change(&o)
+		assert.False(t, on.Gathers(o), name)
+	}
+	assert.True(t, loop.NewDriver(loop.DriverConfig{}).Gathers(busy), "on by default")
 }

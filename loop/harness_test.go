@@ -70,6 +70,9 @@ type harness struct {
 	t    *testing.T
 	loop *loop.Loop
 	keys store.Keys
+	// gatherDelay is the DriverConfig.GatherDelay of processes started on
+	// the harness (0: default).
+	gatherDelay time.Duration
 }
 
 type harnessOpts struct {
@@ -80,11 +83,12 @@ type harnessOpts struct {
 	recovery       recovery.Config
 	// processCountMaxAge is loop.Config.ProcessCountMaxAge (0: default).
 	processCountMaxAge time.Duration
+	gatherDelay        time.Duration // see harness.gatherDelay
 }
 
 func newHarness(t *testing.T, o harnessOpts) *harness {
 	t.Helper()
-	h := &harness{poolSchema: newPoolSchema(t), t: t}
+	h := &harness{poolSchema: newPoolSchema(t), t: t, gatherDelay: o.gatherDelay}
 	if o.maxParallelism == 0 {
 		o.maxParallelism = 10
 	}

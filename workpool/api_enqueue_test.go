@@ -136,6 +136,10 @@ func TestAPIEnqueueErrors(t *testing.T) {
 	assert.ErrorIs(t, err, workpool.ErrInvalidConfig)
 	_, err = workpool.New(nil, workpool.Config{})
 	assert.ErrorIs(t, err, workpool.ErrUnsupportedDB)
+	_, err = workpool.New(e.db, workpool.Config{GatherDelay: time.Minute})
+	assert.ErrorIs(t, err, workpool.ErrInvalidConfig)
+	_, err = workpool.New(e.db, workpool.Config{Schema: e.schema, GatherDelay: -1})
+	assert.NoError(t, err, "a negative GatherDelay disables gathering")
 
 	unmigrated, err := workpool.New(e.db, workpool.Config{Schema: e.schema + "_none", Logger: testLogger(t)})
 	require.NoError(t, err)

@@ -513,6 +513,7 @@ func biCases() []biCase {
 		{name: "Config negative DefaultTimeout", want: invalidConfig, call: newConfig(workpool.Config{DefaultTimeout: -time.Second})},
 		{name: "Config negative Lease", want: invalidConfig, call: newConfig(workpool.Config{Lease: -time.Second})},
 		{name: "Config negative PollInterval", want: invalidConfig, call: newConfig(workpool.Config{PollInterval: -time.Millisecond})},
+		{name: "Config absurd GatherDelay", want: invalidConfig, call: newConfig(workpool.Config{GatherDelay: time.Minute})},
 		{name: "Config negative RecoveryPeriod", want: invalidConfig, call: newConfig(workpool.Config{RecoveryPeriod: -time.Minute})},
 		{name: "Config negative OnCompleteBackoff", want: invalidConfig, call: newConfig(workpool.Config{OnCompleteBackoff: -1})},
 		{name: "Config absurd ReportInterval", want: invalidConfig, call: newConfig(workpool.Config{ReportInterval: math.MaxInt64})},

@@ -61,12 +61,16 @@ func (c *sharedCommit) leave() {
 }
 
 // maxCommitsInFlight is how many enqueue commits of one Pool run at once
-// before calls queue. One alone leaves the database idle while its answer
-// travels back and the next group forms; more overlap those waits, at the
-// cost of smaller groups. In the steady benchmark (eight producers) three
-// did best: against one commit per call, +10% jobs/s, with two and four
-// a little behind three in each of four alternating rounds.
-const maxCommitsInFlight = 3
+// before calls queue. One alone leaves its connection idle while its
+// answer travels back and the next group forms; more overlap those waits,
+// at the cost of smaller groups and more commits. In the steady benchmark
+// (eight producers) three did best while the loop ran an iteration for
+// every few items; once it gathered work (loop.DriverConfig.GatherDelay),
+// the commits it no longer made left the producers' commits as the cost
+// to cut, and one did best: jobs/s with one, two, three and four in
+// flight, two rounds each, 9,005/8,726, 8,465/8,343, 7,791/7,013 and
+// 7,151/7,024 (without gathering: 5,622/5,497, 6,171/6,096, 6,052/5,915).
+const maxCommitsInFlight = 1
 
 // combiner queues calls while maxCommitsInFlight commits are in flight.
 type combiner struct {

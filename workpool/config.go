@@ -64,6 +64,8 @@ const (
 	CooldownDefault            = loop.CooldownDefault
 	PollIntervalDefault        = loop.PollIntervalDefault
 	HealthcheckIntervalDefault = loop.HealthcheckIntervalDefault
+	// GatherDelayDefault: see loop.GatherDelayDefault.
+	GatherDelayDefault = loop.GatherDelayDefault
 )
 
 // DefaultRetryBehavior is used when a work item asks for retries without
@@ -164,6 +166,15 @@ type Config struct {
 	// (none).
 	Cooldown     time.Duration
 	PollInterval time.Duration
+	// GatherDelay is how long a busy loop waits before its next iteration,
+	// so that the enqueues and results arriving meanwhile share one
+	// transaction: under sustained load it trades up to this much of each
+	// item's start latency for throughput. It never applies to a pool at
+	// its limit (a freed slot is handed on at once) or to a quiet one (an
+	// enqueue starts at once); see loop.DriverConfig.GatherDelay for the
+	// rule. Default GatherDelayDefault; negative disables it, as a
+	// negative net.Dialer.KeepAlive disables keep-alives.
+	GatherDelay time.Duration
 	// HealthcheckInterval is how often a non-leading process checks that a
 	// leader is alive while the pool has work. Default
 	// HealthcheckIntervalDefault.
@@ -238,6 +249,12 @@ func (c Config) withDefaults() (Config, error) {
 		if *d.v == 0 {
 			*d.v = d.def
 		}
+	}
+	if c.GatherDelay > time.Second {
+		return c, fmt.Errorf("%w: GatherDelay %v longer than a second", ErrInvalidConfig, c.GatherDelay)
+	}
+	if c.GatherDelay == 0 {
+		c.GatherDelay = GatherDelayDefault
 	}
 	if c.HeartbeatInterval >= c.Lease {
 		return c, fmt.Errorf("%w: HeartbeatInterval %v must be shorter than Lease %v", ErrInvalidConfig, c.HeartbeatInterval, c.Lease)

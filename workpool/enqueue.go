@@ -224,8 +224,8 @@ func (p *Pool) applyOptions(fn *funcInfo, o *enqueueOptions, w *store.NewWork) e
 // or a pointer to it) and returns its ID. The item is durable when Enqueue
 // returns; it starts once a slot is free and it is due.
 //
-// Calls made while three commits of this Pool's enqueues are in flight
-// wait for one to end and then commit together, in one transaction: with
+// Calls made while a commit of this Pool's enqueues is in flight wait for
+// it to end and then commit together, in one transaction: with
 // many producers, that costs the database one commit per group rather than
 // one per item. If ctx ends while the call waits, nothing is written; if
 // it ends during the commit, as during any statement, the item may or may

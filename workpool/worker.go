@@ -206,6 +206,7 @@ func (p *Pool) Start(ctx context.Context) error {
 			}
 		},
 		HealthcheckInterval: p.cfg.HealthcheckInterval,
+		GatherDelay:         p.cfg.GatherDelay,
 	})
 	p.loop.SetLocal(r)
 	var driverCtx context.Context
