@@ -60,7 +60,7 @@ SELECT c.work_id, c.attempt, c.status, COALESCE(c.error, ''), c.retry, COALESCE(
        w.id IS NOT NULL, COALESCE(w.canceled, false), COALESCE(w.attempts, 0),
        COALESCE(w.initial_backoff_ms, 0), COALESCE(w.backoff_base, 1),
        COALESCE(c.fn_name, w.fn_name, ''), COALESCE(c.label, w.label, ''),
-       CASE WHEN c.retry THEN EXISTS (SELECT 1 FROM {s}.pending_cancelation x WHERE x.work_id = c.work_id) ELSE false END
+       CASE WHEN c.retry THEN EXISTS (SELECT 1 FROM {s}.pending_cancelation x WHERE `+probe("x.work_id", "c.work_id")+`) ELSE false END
   FROM c
   LEFT JOIN LATERAL (SELECT * FROM {s}.work WHERE id = c.work_id AND c.retry LIMIT 1) w ON true`)
 
@@ -83,16 +83,16 @@ WITH pc AS (
     SELECT DISTINCT work_id FROM pc
 ), w AS (
     UPDATE {s}.work w SET canceled = true FROM d
-     WHERE w.id = d.work_id AND w.pool = $1 AND w.result IS NULL
+     WHERE `+probe("w.id", "d.work_id")+` AND w.pool = $1 AND w.result IS NULL
     RETURNING w.id
 ), ps AS (
-    DELETE FROM {s}.pending_start p USING d WHERE p.work_id = d.work_id
+    DELETE FROM {s}.pending_start p USING d WHERE `+probe("p.work_id", "d.work_id")+`
     RETURNING p.work_id
 )
 SELECT pc.work_id, pc.segment,
-       EXISTS (SELECT 1 FROM {s}.work x WHERE x.id = pc.work_id AND x.pool = $1 AND x.result IS NULL),
-       EXISTS (SELECT 1 FROM {s}.pending_start p WHERE p.work_id = pc.work_id),
-       EXISTS (SELECT 1 FROM {s}.running r WHERE r.work_id = pc.work_id)
+       EXISTS (SELECT 1 FROM {s}.work x WHERE `+probe("x.id", "pc.work_id")+` AND x.pool = $1 AND x.result IS NULL),
+       EXISTS (SELECT 1 FROM {s}.pending_start p WHERE `+probe("p.work_id", "pc.work_id")+`),
+       EXISTS (SELECT 1 FROM {s}.running r WHERE `+probe("r.work_id", "pc.work_id")+`)
   FROM pc`)
 
 	// finishCanceled ends canceled work that is not running: deleted at once
@@ -206,11 +206,15 @@ RETURNING (SELECT count(*) FROM n)`)
 	// recheck looks at the whole of each pending table, not from the
 	// cursors: a producer transaction that ran longer than the cursor
 	// buffer committed rows behind the cursors, and going idle must not
-	// strand them.
+	// strand them. The earliest segment is read as ORDER BY ... LIMIT 1,
+	// one index entry, rather than as min(), which the planner may compute
+	// by reading every row of the pool when stale statistics say there is
+	// about one (measured: 3.5 ms and 37,000 entries per iteration in a
+	// drain after a vacuum had found the table nearly empty).
 	register("recheck", `
-SELECT (SELECT min(segment) FROM {s}.pending_completion WHERE pool = $1),
-       (SELECT min(segment) FROM {s}.pending_cancelation WHERE pool = $1),
-       (SELECT min(segment) FROM {s}.pending_start WHERE pool = $1),
+SELECT (SELECT segment FROM {s}.pending_completion WHERE pool = $1 ORDER BY segment LIMIT 1),
+       (SELECT segment FROM {s}.pending_cancelation WHERE pool = $1 ORDER BY segment LIMIT 1),
+       (SELECT segment FROM {s}.pending_start WHERE pool = $1 ORDER BY segment LIMIT 1),
        {now}`)
 
 	register("setRunStatus", `

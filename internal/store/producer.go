@@ -64,7 +64,7 @@ WITH c AS (
     INSERT INTO {s}.pending_cancelation (pool, segment, work_id)
     SELECT $1, {now}, w.id FROM {s}.work w
      WHERE w.id = ANY($2::bigint[]) AND w.pool = $1 AND NOT w.canceled AND w.result IS NULL
-       AND NOT EXISTS (SELECT 1 FROM {s}.pending_cancelation x WHERE x.work_id = w.id)
+       AND NOT EXISTS (SELECT 1 FROM {s}.pending_cancelation x WHERE `+probe("x.work_id", "w.id")+`)
     RETURNING work_id
 ), lk AS (
     SELECT pg_advisory_xact_lock_shared($3) AS locked
@@ -81,13 +81,13 @@ SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END FROM {s}.work
 	// pool owns it; an id of another pool's live work is not found.
 	register("status", `
 SELECT i.id, w.id IS NOT NULL, COALESCE(w.attempts, 0), COALESCE(w.result IS NOT NULL, false),
-       EXISTS (SELECT 1 FROM {s}.pending_start p WHERE p.work_id = i.id),
-       EXISTS (SELECT 1 FROM {s}.pending_completion c WHERE c.work_id = i.id AND c.retry),
+       EXISTS (SELECT 1 FROM {s}.pending_start p WHERE `+probe("p.work_id", "i.id")+`),
+       EXISTS (SELECT 1 FROM {s}.pending_completion c WHERE `+probe("c.work_id", "i.id")+` AND c.retry),
        i.id > 0 AND i.id <= (SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END
                                FROM {s}.work_id_seq)
-                AND NOT EXISTS (SELECT 1 FROM {s}.work o WHERE o.id = i.id AND o.pool <> $1)
+                AND NOT EXISTS (SELECT 1 FROM {s}.work o WHERE `+probe("o.id", "i.id")+` AND o.pool <> $1)
   FROM unnest($2::bigint[]) WITH ORDINALITY AS i(id, ord)
-  LEFT JOIN {s}.work w ON w.id = i.id AND w.pool = $1
+  LEFT JOIN {s}.work w ON `+probe("w.id", "i.id")+` AND w.pool = $1
  ORDER BY i.ord`)
 
 	register("setMaxParallelism", `

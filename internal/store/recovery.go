@@ -23,7 +23,7 @@ SELECT r.work_id, r.attempt,
    AND (k.id IS NULL
         OR k.heartbeat_at < now() - $2 * interval '1 millisecond'
         OR r.deadline < now() - $3 * interval '1 millisecond')
-   AND NOT EXISTS (SELECT 1 FROM {s}.pending_completion pc WHERE pc.work_id = r.work_id)
+   AND NOT EXISTS (SELECT 1 FROM {s}.pending_completion pc WHERE `+probe("pc.work_id", "r.work_id")+`)
  ORDER BY r.work_id
  LIMIT $4`)
 
@@ -35,8 +35,8 @@ WITH o AS (
     DELETE FROM {s}.running r
      WHERE r.pool = $1
        AND NOT EXISTS (SELECT 1 FROM {s}.work w
-                        WHERE w.id = r.work_id AND w.attempts = r.attempt AND w.result IS NULL)
-       AND NOT EXISTS (SELECT 1 FROM {s}.pending_completion pc WHERE pc.work_id = r.work_id)
+                        WHERE `+probe("w.id", "r.work_id")+` AND w.attempts = r.attempt AND w.result IS NULL)
+       AND NOT EXISTS (SELECT 1 FROM {s}.pending_completion pc WHERE `+probe("pc.work_id", "r.work_id")+`)
     RETURNING r.work_id
 ), rc AS (
     UPDATE {s}.internal_state SET running_count = running_count - (SELECT count(*) FROM o) WHERE pool = $1

@@ -39,7 +39,7 @@ WITH r AS (
         AS r(work_id, attempt, status, error, nonretryable, value, run_ms)
 ), del AS (
     DELETE FROM {s}.work w USING r
-     WHERE w.id = r.work_id AND w.pool = $1 AND w.attempts = r.attempt AND w.result IS NULL
+     WHERE ` + probe("w.id", "r.work_id") + ` AND w.pool = $1 AND w.attempts = r.attempt AND w.result IS NULL
        AND w.on_complete IS NULL AND NOT ` + retryRule + `
     RETURNING w.id, w.attempts + 1 AS attempts, r.attempt, ` + finalStatus + ` AS status,
               NULLIF(r.error, '') AS error, false AS retry, r.run_ms,
@@ -54,7 +54,7 @@ WITH r AS (
       FROM r
      WHERE (` + updMay + `)
        AND NOT EXISTS (SELECT 1 FROM del WHERE del.id = r.work_id)
-       AND w.id = r.work_id AND w.pool = $1 AND w.attempts = r.attempt AND w.result IS NULL
+       AND ` + probe("w.id", "r.work_id") + ` AND w.pool = $1 AND w.attempts = r.attempt AND w.result IS NULL
        AND (w.on_complete IS NOT NULL OR ` + retryRule + `)
     -- RETURNING sees the updated row: result is NULL exactly for a retry.
     RETURNING w.id, w.attempts, r.attempt, ` + finalStatus + `,
@@ -88,7 +88,7 @@ WITH hb AS (
 )
 SELECT r.work_id, r.attempt FROM {s}.running r
  WHERE r.pool = $2 AND r.claimed_by = $1
-   AND EXISTS (SELECT 1 FROM {s}.work w WHERE w.id = r.work_id AND w.attempts = r.attempt AND w.result IS NULL)`)
+   AND EXISTS (SELECT 1 FROM {s}.work w WHERE `+probe("w.id", "r.work_id")+` AND w.attempts = r.attempt AND w.result IS NULL)`)
 	register("deregisterWorker", `DELETE FROM {s}.workers WHERE id = $1`)
 
 	// The heartbeat rides along with a claim when it is due, so that a
@@ -165,9 +165,10 @@ SELECT id, fn_name, label, attempts, on_complete, COALESCE(on_complete_context::
    FOR UPDATE SKIP LOCKED`)
 
 	register("nextFinishing", `
-SELECT EXTRACT(epoch FROM min(finish_after) - now()) * 1000
-  FROM {s}.work
- WHERE pool = $1 AND result IS NOT NULL AND finish_after IS NOT NULL AND on_complete = ANY($2::text[])`)
+SELECT EXTRACT(epoch FROM (
+    SELECT finish_after FROM {s}.work
+     WHERE pool = $1 AND result IS NOT NULL AND finish_after IS NOT NULL AND on_complete = ANY($2::text[])
+     ORDER BY finish_after LIMIT 1) - now()) * 1000`)
 
 	register("release", `
 UPDATE {s}.running SET claimed_by = NULL, claimed_at = NULL, deadline = NULL
@@ -180,7 +181,7 @@ UPDATE {s}.running SET claimed_by = NULL, claimed_at = NULL, deadline = NULL
 UPDATE {s}.running r SET claimed_by = NULL, claimed_at = NULL, deadline = NULL
   FROM unnest($3::bigint[], $4::int[]) AS u(work_id, attempt)
  WHERE r.pool = $1 AND r.claimed_by = $2 AND r.work_id = u.work_id AND r.attempt = u.attempt
-   AND EXISTS (SELECT 1 FROM {s}.work w WHERE w.id = r.work_id AND w.attempts = r.attempt AND w.result IS NULL)
+   AND EXISTS (SELECT 1 FROM {s}.work w WHERE `+probe("w.id", "r.work_id")+` AND w.attempts = r.attempt AND w.result IS NULL)
 RETURNING r.work_id`)
 
 	register("canceledAmong", `
