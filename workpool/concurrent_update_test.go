@@ -1,7 +1,10 @@
 package workpool_test
 
 import (
+	"bytes"
 	"context"
+	"errors"
+	"log/slog"
 	"testing"
 	"time"
 
@@ -53,4 +56,67 @@ func TestResultSurvivesConcurrentUpdate(t *testing.T) {
 	require.NoError(t, tx.Commit())
 
 	assert.Equal(t, apiCompletion{Status: "success", Value: "5", Attempts: 1}, e.waitCompletion(id, 10*time.Second))
+}
+
+// TestFailureSurvivesConcurrentCancel: a retryable failure arrives while
+// another transaction marks its work canceled (as the loop's cancel phase
+// does). The result's statement decides on the version it read, where the
+// failure would retry, and then, after the lock wait, rechecks the canceled
+// version, where it no longer does: neither branch matched and the result
+// was dropped as stale, leaving the attempt claimed until a heartbeat
+// released it. The worker now records such results again in a statement of
+// its own, which decides on the new version: the work ends canceled at
+// once. The heartbeat is set far beyond the test's wait, so that only the
+// second recording can finish the work in time.
+func TestFailureSurvivesConcurrentCancel(t *testing.T) {
+	t.Parallel()
+	e := newAPIEnv(t)
+	// The result must come from a process that does not lead: the leader
+	// records its own workers' results in the loop's transaction, which
+	// is also where cancels mark work, so they cannot race there.
+	leader := e.pool(workpool.Config{MaxParallelism: 2, HeartbeatInterval: time.Minute, Lease: 5 * time.Minute})
+	start(t, leader)
+	waitFor(t, 10*time.Second, "the first process to lead", func() bool { return workpool.Leads(leader) })
+	logs := &rkSyncWriter{w: &bytes.Buffer{}}
+	p := e.pool(workpool.Config{
+		HeartbeatInterval: time.Minute, Lease: 5 * time.Minute,
+		Logger: slog.New(slog.NewTextHandler(logs, nil)),
+	})
+	started := make(chan struct{}, 1)
+	release := make(chan struct{})
+	f := mustRegister(t, p, "f", func(ctx context.Context, a num) (int, error) {
+		started <- struct{}{}
+		<-release
+		return 0, errors.New("transient")
+	})
+	start(t, p)
+	id := enqueue(t, p, f, num{N: 1}, workpool.Retry(workpool.RetryBehavior{MaxAttempts: 3, InitialBackoff: time.Millisecond, Base: 2}))
+	recv(t, started, 10*time.Second, "the handler to start")
+
+	ctx := context.Background()
+	tx, err := e.db.DB.BeginTx(ctx, nil)
+	require.NoError(t, err)
+	defer func() { _ = tx.Rollback() }()
+	var pid int
+	require.NoError(t, tx.QueryRowContext(ctx, "SELECT pg_backend_pid()").Scan(&pid))
+	_, err = tx.ExecContext(ctx, "UPDATE "+e.schema+".work SET canceled = true WHERE id = $1", int64(id))
+	require.NoError(t, err)
+
+	close(release)
+	waitFor(t, 10*time.Second, "the result's statement to wait for the row lock", func() bool {
+		return e.count("SELECT count(*) FROM pg_stat_activity WHERE ? = ANY(pg_blocking_pids(pid))", pid) > 0
+	})
+	require.NoError(t, tx.Commit())
+
+	waitFor(t, 10*time.Second, "the canceled work to end and free its slot", func() bool {
+		return e.count("SELECT count(*) FROM "+e.schema+".work WHERE id = ?", int64(id)) == 0 &&
+			e.count("SELECT count(*) FROM "+e.schema+".running WHERE work_id = ?", int64(id)) == 0
+	})
+	assert.False(t, workpool.Leads(p), "the result came from the process that does not lead")
+	st, err := p.Status(ctx, id)
+	require.NoError(t, err)
+	assert.Equal(t, workpool.StateFinished, st.State)
+	logs.mu.Lock()
+	defer logs.mu.Unlock()
+	assert.NotContains(t, logs.w.String(), "stale attempt", "the result is recorded, not dropped")
 }

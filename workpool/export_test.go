@@ -10,3 +10,10 @@ func QueuedEnqueues(p *Pool) int {
 
 // MaxCommitsInFlight is maxCommitsInFlight, for tests.
 const MaxCommitsInFlight = maxCommitsInFlight
+
+// Leads reports whether p is started and its driver holds the pool's
+// leadership, so that tests can tell which process runs the loop.
+func Leads(p *Pool) bool {
+	r := p.runState()
+	return r != nil && r.driver.Leader()
+}

@@ -836,9 +836,7 @@ func (r *running) ResultsRecorded(taken []store.Result, recorded []store.Recorde
 	r.mu.Lock()
 	r.forgetResults(taken)
 	r.mu.Unlock()
-	if len(recorded) < len(taken) {
-		r.logStale(r.bgCtx, taken, recorded)
-	}
+	r.logStale(r.bgCtx, unrecorded(taken, recorded))
 }
 
 // ReturnResults puts back the results of an iteration that did not commit;
@@ -950,8 +948,15 @@ func (r *running) flushPipelined(ctx context.Context, batch []store.Result) erro
 		r.driver.Kick() // the commit may have happened, and the kick carried p.origin
 		return err
 	}
-	if len(recs) < len(batch) {
-		r.logStale(ctx, batch, recs)
+	if missed := unrecorded(batch, recs); len(missed) > 0 {
+		var again []store.Recorded
+		if err := p.pipeline(ctx,
+			p.store.RecordResultsOp(p.cfg.Name, missed, p.keys.KickLock, &again),
+			p.store.KickOp(p.cfg.Name, p.keys, store.KickSource{Origin: p.origin}, &kicked)); err != nil {
+			r.driver.Kick()
+			return err
+		}
+		r.logStale(ctx, unrecorded(missed, again))
 	}
 	// Wake this process's driver even when the kick found the loop running:
 	// it may be polling because this very flush held the kick lock when it
@@ -975,8 +980,13 @@ func (r *running) flushOnce(ctx context.Context, batch []store.Result, careful b
 		if err != nil {
 			return err
 		}
-		if len(recs) < len(batch) {
-			r.logStale(ctx, batch, recs)
+		if missed := unrecorded(batch, recs); len(missed) > 0 {
+			again, err := p.store.RecordResults(ctx, tx.Tx, p.cfg.Name, missed, p.keys.KickLock)
+			if err != nil {
+				return err
+			}
+			recs = append(recs, again...)
+			r.logStale(ctx, unrecorded(missed, again))
 		}
 		var items []finishItem
 		for _, rec := range recs {
@@ -1007,15 +1017,36 @@ func (r *running) flushOnce(ctx context.Context, batch []store.Result, careful b
 	return err
 }
 
-func (r *running) logStale(ctx context.Context, batch []store.Result, recs []store.Recorded) {
+// unrecorded returns the results of batch that recs does not list: those
+// the attempt fence rejected. A result is recorded again once, by the
+// flusher, in a statement of its own (see flushPipelined): the statement
+// decides on the row version it read, and if another transaction (the
+// loop marking the work canceled) updates the row meanwhile, the recheck
+// on the new version can reject a result that the new version accepts,
+// such as a retryable failure of work that is now canceled. The next
+// statement reads the new version. A result of a stale attempt is
+// rejected again.
+func unrecorded(batch []store.Result, recs []store.Recorded) []store.Result {
+	if len(recs) >= len(batch) {
+		return nil
+	}
 	ok := make(map[int64]bool, len(recs))
 	for _, rec := range recs {
 		ok[rec.WorkID] = true
 	}
+	var out []store.Result
 	for _, res := range batch {
 		if !ok[res.WorkID] {
-			r.p.log.Warn(ctx, "worker: result of a stale attempt ignored (recovered, canceled or already recorded)",
-				"work_id", res.WorkID, "attempt", res.Attempt+1, "status", res.Status)
+			out = append(out, res)
 		}
+	}
+	return out
+}
+
+// logStale logs results that the attempt fence rejected.
+func (r *running) logStale(ctx context.Context, stale []store.Result) {
+	for _, res := range stale {
+		r.p.log.Warn(ctx, "worker: result of a stale attempt ignored (recovered, canceled or already recorded)",
+			"work_id", res.WorkID, "attempt", res.Attempt+1, "status", res.Status)
 	}
 }
