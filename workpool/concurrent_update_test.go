@@ -40,20 +40,9 @@ func TestResultSurvivesConcurrentUpdate(t *testing.T) {
 	id := enqueue(t, p, f, num{N: 5}, workpool.OnComplete(done, ""))
 	recv(t, started, 10*time.Second, "the handler to start")
 
-	ctx := context.Background()
-	tx, err := e.db.DB.BeginTx(ctx, nil)
-	require.NoError(t, err)
-	defer func() { _ = tx.Rollback() }()
-	var pid int
-	require.NoError(t, tx.QueryRowContext(ctx, "SELECT pg_backend_pid()").Scan(&pid))
-	_, err = tx.ExecContext(ctx, "UPDATE "+e.schema+".work SET label = label WHERE id = $1", int64(id))
-	require.NoError(t, err)
-
+	commit := holdRowUpdate(t, e, "label = label", id)
 	close(release)
-	waitFor(t, 10*time.Second, "the result's statement to wait for the row lock", func() bool {
-		return e.count("SELECT count(*) FROM pg_stat_activity WHERE ? = ANY(pg_blocking_pids(pid))", pid) > 0
-	})
-	require.NoError(t, tx.Commit())
+	commit()
 
 	assert.Equal(t, apiCompletion{Status: "success", Value: "5", Attempts: 1}, e.waitCompletion(id, 10*time.Second))
 }
@@ -93,20 +82,10 @@ func TestFailureSurvivesConcurrentCancel(t *testing.T) {
 	id := enqueue(t, p, f, num{N: 1}, workpool.Retry(workpool.RetryBehavior{MaxAttempts: 3, InitialBackoff: time.Millisecond, Base: 2}))
 	recv(t, started, 10*time.Second, "the handler to start")
 
-	ctx := context.Background()
-	tx, err := e.db.DB.BeginTx(ctx, nil)
-	require.NoError(t, err)
-	defer func() { _ = tx.Rollback() }()
-	var pid int
-	require.NoError(t, tx.QueryRowContext(ctx, "SELECT pg_backend_pid()").Scan(&pid))
-	_, err = tx.ExecContext(ctx, "UPDATE "+e.schema+".work SET canceled = true WHERE id = $1", int64(id))
-	require.NoError(t, err)
-
+	commit := holdRowUpdate(t, e, "canceled = true", id)
 	close(release)
-	waitFor(t, 10*time.Second, "the result's statement to wait for the row lock", func() bool {
-		return e.count("SELECT count(*) FROM pg_stat_activity WHERE ? = ANY(pg_blocking_pids(pid))", pid) > 0
-	})
-	require.NoError(t, tx.Commit())
+	commit()
+	ctx := context.Background()
 
 	waitFor(t, 10*time.Second, "the canceled work to end and free its slot", func() bool {
 		return e.count("SELECT count(*) FROM "+e.schema+".work WHERE id = ?", int64(id)) == 0 &&
@@ -119,4 +98,26 @@ func TestFailureSurvivesConcurrentCancel(t *testing.T) {
 	logs.mu.Lock()
 	defer logs.mu.Unlock()
 	assert.NotContains(t, logs.w.String(), "stale attempt", "the result is recorded, not dropped")
+}
+
+// holdRowUpdate updates the work row of id with set in a transaction it
+// leaves open. The returned function waits until another statement waits
+// for that row's lock (the result being recorded), then commits.
+func holdRowUpdate(t *testing.T, e *env, set string, id workpool.WorkID) (commit func()) {
+	t.Helper()
+	ctx := context.Background()
+	tx, err := e.db.DB.BeginTx(ctx, nil)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = tx.Rollback() })
+	var pid int
+	require.NoError(t, tx.QueryRowContext(ctx, "SELECT pg_backend_pid()").Scan(&pid))
+	_, err = tx.ExecContext(ctx, "UPDATE "+e.schema+".work SET "+set+" WHERE id = $1", int64(id))
+	require.NoError(t, err)
+	return func() {
+		t.Helper()
+		waitFor(t, 10*time.Second, "the result's statement to wait for the row lock", func() bool {
+			return e.count("SELECT count(*) FROM pg_stat_activity WHERE ? = ANY(pg_blocking_pids(pid))", pid) > 0
+		})
+		require.NoError(t, tx.Commit())
+	}
 }
