@@ -948,6 +948,13 @@ func (r *running) flushPipelined(ctx context.Context, batch []store.Result) erro
 		r.driver.Kick() // the commit may have happened, and the kick carried p.origin
 		return err
 	}
+	// A rejected result is recorded once more, in a statement of its own.
+	// The record statement decides on the row version it read; if another
+	// transaction (the loop marking the work canceled) updates the row
+	// meanwhile, the recheck on the new version can reject a result that
+	// the new version accepts, such as a retryable failure of work that is
+	// now canceled. The next statement reads the new version; a result of
+	// a stale attempt is rejected again.
 	if missed := unrecorded(batch, recs); len(missed) > 0 {
 		var again []store.Recorded
 		if err := p.pipeline(ctx,
@@ -980,7 +987,7 @@ func (r *running) flushOnce(ctx context.Context, batch []store.Result, careful b
 		if err != nil {
 			return err
 		}
-		if missed := unrecorded(batch, recs); len(missed) > 0 {
+		if missed := unrecorded(batch, recs); len(missed) > 0 { // once more, as in flushPipelined
 			again, err := p.store.RecordResults(ctx, tx.Tx, p.cfg.Name, missed, p.keys.KickLock)
 			if err != nil {
 				return err
@@ -1018,14 +1025,7 @@ func (r *running) flushOnce(ctx context.Context, batch []store.Result, careful b
 }
 
 // unrecorded returns the results of batch that recs does not list: those
-// the attempt fence rejected. A result is recorded again once, by the
-// flusher, in a statement of its own (see flushPipelined): the statement
-// decides on the row version it read, and if another transaction (the
-// loop marking the work canceled) updates the row meanwhile, the recheck
-// on the new version can reject a result that the new version accepts,
-// such as a retryable failure of work that is now canceled. The next
-// statement reads the new version. A result of a stale attempt is
-// rejected again.
+// the attempt fence rejected.
 func unrecorded(batch []store.Result, recs []store.Recorded) []store.Result {
 	if len(recs) >= len(batch) {
 		return nil
