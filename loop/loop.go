@@ -886,7 +886,12 @@ func (l *Loop) endings(ctx context.Context, conn *sql.Conn, it *iteration, retri
 }
 
 // recover runs the recovery pass on a recovery iteration, and otherwise
-// restarts the recovery clock while nothing runs.
+// restarts the recovery clock while nothing runs. An iteration that began
+// with nothing running restarts it too: whatever runs now started in this
+// iteration and cannot be lost yet. Left alone, the clock kept the time of
+// the pool's last busy spell, and the first iteration after a quiet minute
+// scheduled a recovery pass at once (in the drain benchmark, 15 ms of the
+// loop's time reading the thousand attempts it had just started).
 func (l *Loop) recover(ctx context.Context, conn *sql.Conn, it *iteration) error {
 	switch {
 	case it.recovery:
@@ -905,7 +910,7 @@ func (l *Loop) recover(ctx context.Context, conn *sql.Conn, it *iteration) error
 			}
 		}
 		it.lastRecovery = it.st.NowSegment
-	case it.running == 0:
+	case it.running == 0 || it.st.RunningCount == 0:
 		it.lastRecovery = it.st.NowSegment
 	}
 	return nil

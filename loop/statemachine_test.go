@@ -86,6 +86,11 @@ func TestStateMachine(t *testing.T) {
 				assert.Equal(t, store.RunScheduled, rs.State)
 				assert.False(t, rs.Saturated)
 				assert.LessOrEqual(t, rs.Segment-rs.NowSegment, int64(600), "no later than the next recovery pass")
+				// Nothing ran before this iteration, so no attempt can be
+				// lost yet: the recovery clock starts now, rather than the
+				// next iteration spending a pass on work it just started.
+				assert.InDelta(t, 60_000, o.outs[0].Delay.Milliseconds(), 300)
+				assert.InDelta(t, h.now(), h.scalar("SELECT last_recovery FROM {s}.internal_state"), 1)
 			},
 		},
 		{
@@ -381,7 +386,10 @@ func TestStateMachine(t *testing.T) {
 			name:  "pending start of work that is gone (invalid state): started, then removed by recovery",
 			given: state{start: ptr(int64(0))},
 			act: []action{iterate, func(h *harness, id int64, o *observed) {
-				h.exec("UPDATE {s}.internal_state SET last_recovery = 0") // make the next pass a recovery pass
+				// Make the next pass a recovery pass; the new generation
+				// (as if another process had led meanwhile) makes the loop
+				// read the state rather than trust what it wrote.
+				h.exec("UPDATE {s}.internal_state SET last_recovery = 0, generation = generation + 1")
 			}, iterate},
 			want: composite{},
 			check: func(t *testing.T, h *harness, id int64, o *observed) {

@@ -255,8 +255,10 @@ func (h *captureHandler) WithGroup(string) slog.Handler { return h }
 
 // forceRecovery makes the pool's next loop iteration run the recovery pass
 // (normally at most once a minute while anything runs) by moving its last
-// recovery far into the past. The caller then kicks the loop.
+// recovery far into the past. The new generation, as if another process
+// had led meanwhile, makes the loop read the state rather than trust the
+// copy it wrote last. The caller then kicks the loop.
 func (e *env) forceRecovery(pool string) {
 	e.t.Helper()
-	e.exec("UPDATE "+e.schema+".internal_state SET last_recovery = 0 WHERE pool = $1", pool)
+	e.exec("UPDATE "+e.schema+".internal_state SET last_recovery = 0, generation = generation + 1 WHERE pool = $1", pool)
 }
