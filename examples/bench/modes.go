@@ -133,6 +133,7 @@ func (e *env) runSystem(ctx context.Context, name string) *result {
 type drainStats struct {
 	enqueue   time.Duration // inserting the n jobs
 	handlers  time.Duration // Start to the last handler's return
+	first     time.Duration // Start to the first handler's start
 	durable   time.Duration // Start to the database recording every job finished
 	jobsPerS  float64
 	durablePS float64
@@ -185,6 +186,7 @@ func (e *env) drain(ctx context.Context, sys system, n int, sleep time.Duration,
 			e.o.timeout, t.completed.Load(), n, t.duplicates.Load(), inst.state(context.WithoutCancel(ctx)))
 	}
 	ds.handlers = time.Unix(0, t.lastAt.Load()).Sub(t0)
+	ds.first = time.Unix(0, t.firstAt.Load()).Sub(t0)
 	for {
 		left, err := sys.remaining(ctx, after)
 		if err != nil {
@@ -234,6 +236,7 @@ func (e *env) drainMode(ctx context.Context, sys system, res *result) error {
 	res.set("durable_jobs_per_s", ds.durablePS)
 	res.set("enqueue_jobs_per_s", float64(e.o.n)/ds.enqueue.Seconds())
 	res.set("seconds", ds.handlers.Seconds())
+	res.set("first_job_ms", float64(ds.first.Microseconds())/1000)
 	if e.o.mode == "slots" {
 		ideal := float64(e.o.parallelism) / sleep.Seconds()
 		res.set("efficiency", ds.jobsPerS/ideal)

@@ -34,12 +34,14 @@ var modeMetrics = map[string][]metric{
 		{key: "durable_jobs_per_s", label: "jobs/s (Start to all recorded finished in the DB)", higherBetter: true},
 		{key: "enqueue_jobs_per_s", label: "batch enqueue rows/s (before Start)", higherBetter: true},
 		{key: "seconds", label: "drain time, s", higherBetter: false},
+		{key: "first_job_ms", label: "Start to the first handler's start, ms", higherBetter: false},
 	},
 	"slots": {
 		{key: "efficiency", label: "slot efficiency (jobs/s ÷ (parallelism ÷ sleep))", higherBetter: true, primary: true},
 		{key: "jobs_per_s", label: "jobs/s (Start to last handler return)", higherBetter: true, primary: true},
 		{key: "durable_jobs_per_s", label: "jobs/s (Start to all recorded finished in the DB)", higherBetter: true},
 		{key: "seconds", label: "drain time, s", higherBetter: false},
+		{key: "first_job_ms", label: "Start to the first handler's start, ms", higherBetter: false},
 	},
 	"steady": {
 		{key: "jobs_per_s", label: "completed jobs/s (after 1 s warm-up)", higherBetter: true, primary: true},

@@ -33,6 +33,7 @@ type tracker struct {
 	target    int64 // completions that close done; 0: never
 	completed atomic.Int64
 	lastAt    atomic.Int64 // Unix nanoseconds of the latest completion
+	firstAt   atomic.Int64 // Unix nanoseconds of the first handler start
 	done      chan struct{}
 	doneOnce  sync.Once
 
@@ -61,6 +62,7 @@ func newTracker(n int, sleep time.Duration) *tracker {
 // handle is the body of the benchmark job in both systems.
 func (t *tracker) handle(ctx context.Context, a jobArgs) error {
 	now := time.Now()
+	t.firstAt.CompareAndSwap(0, now.UnixNano())
 	if t.recordLatency && a.T != 0 {
 		d := now.Sub(time.Unix(0, a.T))
 		t.latMu.Lock()
