@@ -156,7 +156,7 @@ func TestLocalShareCountsProcesses(t *testing.T) {
 			// Each iteration may start 10: the batch that is divided.
 			h := newHarness(t, harnessOpts{maxParallelism: 10, processCountMaxAge: tc.maxAge})
 			h.recoveredNow()
-			src := &slotSource{claim: store.LocalClaim{WorkerID: 1, Fns: []string{"fn"}, Slots: 10, Listeners: h.keys.Channel}}
+			src := &slotSource{claim: store.LocalClaim{Worker: store.Worker{ID: 1}, Fns: []string{"fn"}, Slots: 10, Listeners: h.keys.Channel}}
 			h.loop.SetLocal(src)
 			var procs []*sql.Conn
 			for range 2 {

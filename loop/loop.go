@@ -821,7 +821,7 @@ func (l *Loop) starts(ctx context.Context, it *iteration) {
 		// to the claimers instead.
 		log.Error(ctx, "loop: pending starts of work that is already running were dropped", "count", len(rows)-st.Inserted)
 		if len(mine) > 0 {
-			it.final = append(it.final, l.cfg.Store.UnclaimOp(mine, it.local.WorkerID, st.StartedAt))
+			it.final = append(it.final, l.cfg.Store.UnclaimOp(mine, it.local.Worker.ID, st.StartedAt))
 			it.deliver, remote = nil, true
 		}
 	}

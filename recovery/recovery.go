@@ -14,6 +14,10 @@
 // attempt already counted and its result is ignored, and an attempt is never
 // completed twice.
 //
+// The pass also removes the workers rows of processes that have not
+// heartbeated for Config.WorkerRetention (ten leases by default): a
+// process killed without a Stop leaves its row behind.
+//
 // The pass runs inside the loop's recovery iteration (at most once per
 // recovery period while anything runs). Its cost is the pool's running rows,
 // which MaxParallelism bounds, never the backlog.
@@ -42,6 +46,11 @@ const (
 	GraceDefault = 5 * time.Second
 	// BatchDefault bounds the attempts one pass completes.
 	BatchDefault = 1000
+	// WorkerRetentionLeases is the default WorkerRetention in leases. The
+	// retention must be far longer than half a heartbeat interval (see
+	// Config.WorkerRetention); ten leases are thirty heartbeat intervals
+	// with the defaults.
+	WorkerRetentionLeases = 10
 )
 
 // Reasons recorded as the error of a recovered attempt.
@@ -55,6 +64,16 @@ type Config struct {
 	Lease time.Duration
 	Grace time.Duration
 	Batch int
+	// WorkerRetention is how long after its last heartbeat a process's
+	// workers row is removed; default WorkerRetentionLeases times Lease.
+	// A process killed without a Stop leaves its row behind, and rows
+	// would otherwise pile up with every crash. An idle process sends no
+	// heartbeat, so a live one loses its row too once idle that long; it
+	// re-creates it in the statement of its next claim, which always
+	// refreshes the heartbeat after half a heartbeat interval without
+	// one. The retention must therefore be longer than half the
+	// heartbeat interval of every process of the pool, with a margin.
+	WorkerRetention time.Duration
 }
 
 // WithDefaults fills zero fields with the package defaults.
@@ -67,6 +86,9 @@ func (c Config) WithDefaults() Config {
 	}
 	if c.Batch <= 0 {
 		c.Batch = BatchDefault
+	}
+	if c.WorkerRetention <= 0 {
+		c.WorkerRetention = WorkerRetentionLeases * c.Lease
 	}
 	return c
 }
@@ -81,6 +103,9 @@ type Result struct {
 	// Orphans are running rows deleted because no completion will ever
 	// clear them (their work ended or moved on).
 	Orphans []int64
+	// WorkersRemoved are the ids of the workers rows removed because
+	// their process stopped heartbeating (see Config.WorkerRetention).
+	WorkersRemoved []int64
 }
 
 // Run executes one recovery pass in the loop's transaction.
@@ -118,6 +143,14 @@ func Run(ctx context.Context, q store.Querier, s *store.Store, pool string, cfg 
 	}
 	for _, id := range res.Orphans {
 		log.Warn(ctx, "recovery: removed a running row whose work already ended", "work_id", id)
+	}
+	res.WorkersRemoved, err = s.DeleteStaleWorkers(ctx, q, pool, cfg.WorkerRetention)
+	if err != nil {
+		return res, fmt.Errorf("recovery: %w", err)
+	}
+	if len(res.WorkersRemoved) > 0 {
+		log.Debug(ctx, "recovery: removed the rows of processes that stopped heartbeating",
+			"worker_ids", res.WorkersRemoved, "retention", cfg.WorkerRetention)
 	}
 	return res, nil
 }

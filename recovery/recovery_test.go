@@ -519,3 +519,35 @@ func (c *capture) count(msg string) int {
 	}
 	return n
 }
+
+// TestStaleWorkerRowsRemoved: the rows of processes that have not
+// heartbeated for longer than the retention go, whatever they held (the
+// same pass records their claims as lost); recent rows, past the lease but
+// within the retention, and other pools' rows stay.
+func TestStaleWorkerRowsRemoved(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	cfg := short
+	cfg.WorkerRetention = time.Minute
+	stale := f.worker(time.Hour)
+	recent := f.worker(30 * time.Second)
+	otherPool := f.int("INSERT INTO " + f.schema + ".workers (pool, heartbeat_at) VALUES ('other', now() - interval '1 hour') RETURNING id")
+	staleClaiming := f.worker(time.Hour)
+	claimed := f.work(workRow{maxAttempts: 3})
+	f.running(pool, claimed, 0, staleClaiming, time.Hour)
+
+	res := f.run(cfg)
+	assert.ElementsMatch(t, []int64{stale, staleClaiming}, res.WorkersRemoved)
+	assert.False(t, f.exists("workers", "id", stale))
+	assert.False(t, f.exists("workers", "id", staleClaiming))
+	assert.True(t, f.exists("workers", "id", recent))
+	assert.True(t, f.exists("workers", "id", otherPool))
+	require.Len(t, res.Recorded, 1, "the removed process's claim is lost")
+	assert.Equal(t, claimed, res.Recorded[0].WorkID)
+}
+
+func TestWorkerRetentionDefault(t *testing.T) {
+	assert.Equal(t, 20*time.Second, recovery.Config{Lease: 2 * time.Second}.WithDefaults().WorkerRetention)
+	assert.Equal(t, recovery.WorkerRetentionLeases*recovery.LeaseDefault, recovery.Config{}.WithDefaults().WorkerRetention)
+	assert.Equal(t, time.Hour, recovery.Config{WorkerRetention: time.Hour}.WithDefaults().WorkerRetention)
+}

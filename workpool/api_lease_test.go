@@ -119,3 +119,61 @@ func TestAPIClaimAfterIdleRefreshesLease(t *testing.T) {
 	assert.Equal(t, apiCompletion{Status: "success", Value: "2", Attempts: 1}, e.waitCompletion(id, 10*time.Second))
 	assert.Equal(t, int32(1), h.calls.Load())
 }
+
+// TestIdleProcessRecreatesItsWorkerRow: recovery removes the workers rows
+// of processes that have not heartbeated for a long time, which includes a
+// live process that sat idle. Such a process re-creates its row in the
+// statement of its next claim, whichever path claims (the leader's start
+// statement, a follower's claim statement), so a recovery pass right after
+// the claim does not take the attempt for that of a process that is gone.
+func TestIdleProcessRecreatesItsWorkerRow(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name     string
+		follower bool
+	}{
+		{"the leader claims in the start statement", false},
+		{"a follower claims with the claim statement", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			ctx := context.Background()
+			e := newAPIEnv(t)
+			cfg := workpool.Config{MaxParallelism: 2, HeartbeatInterval: 100 * time.Millisecond, Lease: 1500 * time.Millisecond}
+			if tc.follower {
+				leader := e.pool(cfg) // registers nothing, so it claims nothing
+				start(t, leader)
+				waitFor(t, 10*time.Second, "the first process to lead", func() bool { return workpool.Leads(leader) })
+			}
+			p := e.pool(cfg)
+			f, h := registerHeld(t, p)
+			done := mustOnComplete(t, e, p, "done")
+			start(t, p)
+			wid := workpool.WorkerID(p)
+			waitFor(t, 10*time.Second, "the idle process's next heartbeat to be due", func() bool {
+				return e.count("SELECT count(*) FROM "+e.schema+".workers WHERE id = ? AND heartbeat_at < now() - interval '200 milliseconds'", wid) == 1
+			})
+			// What recovery does to the row of a process idle for longer
+			// than the retention.
+			e.exec("DELETE FROM "+e.schema+".workers WHERE id = $1", wid)
+
+			id := enqueue(t, p, f, num{N: 2}, workpool.Retry(workpool.RetryBehavior{MaxAttempts: 3, Base: 1}), workpool.OnComplete(done, ""))
+			recv(t, h.started, 10*time.Second, "the handler to start")
+			assert.Equal(t, tc.follower, !workpool.Leads(p))
+			assert.Equal(t, 1, e.count("SELECT count(*) FROM "+e.schema+".running WHERE work_id = ? AND claimed_by = ?", int64(id), wid))
+			assert.Equal(t, 1, e.count("SELECT count(*) FROM "+e.schema+".workers WHERE id = ?", wid), "the claim re-created the row")
+
+			e.forceRecovery(p.Name())
+			require.NoError(t, p.SetMaxParallelism(ctx, 3)) // kicks the loop
+			waitFor(t, 10*time.Second, "a recovery pass", func() bool {
+				return e.count("SELECT count(*) FROM "+e.schema+".internal_state WHERE last_recovery > 0") == 1
+			})
+			st, err := p.Status(ctx, id)
+			require.NoError(t, err)
+			assert.Equal(t, workpool.Status{State: workpool.StateRunning}, st, "recovery took the claim of a live process for lost")
+			close(h.release)
+			assert.Equal(t, apiCompletion{Status: "success", Value: "2", Attempts: 1}, e.waitCompletion(id, 10*time.Second))
+			assert.Equal(t, int32(1), h.calls.Load())
+		})
+	}
+}

@@ -17,3 +17,6 @@ func Leads(p *Pool) bool {
 	r := p.runState()
 	return r != nil && r.driver.Leader()
 }
+
+// WorkerID returns the id of the started p's row in the workers table.
+func WorkerID(p *Pool) int64 { return p.runState().worker.ID }

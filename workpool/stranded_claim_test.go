@@ -51,12 +51,12 @@ func TestStrandedClaimReleased(t *testing.T) {
 	})
 
 	// The lost answer: the process's claim, committed, never seen by it.
-	var workerID int64
+	var w store.Worker
 	require.NoError(t, e.db.DB.QueryRowContext(context.Background(),
-		"SELECT id FROM "+e.schema+".workers WHERE pool = $1", p.Name()).Scan(&workerID))
+		"SELECT id, host, pid FROM "+e.schema+".workers WHERE pool = $1", p.Name()).Scan(&w.ID, &w.Host, &w.PID))
 	var claimed []store.Claimed
 	require.NoError(t, store.Run(context.Background(), e.db.DB,
-		store.New(e.schema).ClaimOp(p.Name(), []string{"quick"}, 1, workerID, false, &claimed)))
+		store.New(e.schema).ClaimOp(p.Name(), []string{"quick"}, 1, w, false, &claimed)))
 	require.Len(t, claimed, 1)
 	require.Equal(t, int64(id), claimed[0].WorkID)
 

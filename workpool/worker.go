@@ -45,9 +45,10 @@ const (
 // running is the state of a started pool: its driver, its worker slots and
 // the goroutines around them.
 type running struct {
-	p        *Pool
-	driver   *loop.Driver
-	workerID int64
+	p      *Pool
+	driver *loop.Driver
+	// worker is this process's row in the workers table.
+	worker store.Worker
 
 	driverStop context.CancelFunc
 	driverDone chan struct{}
@@ -166,13 +167,14 @@ func (p *Pool) Start(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	workerID, err := p.store.RegisterWorker(ctx, p.sqlDB, p.cfg.Name, hostname(), os.Getpid())
+	worker := store.Worker{Host: hostname(), PID: os.Getpid()}
+	worker.ID, err = p.store.RegisterWorker(ctx, p.sqlDB, p.cfg.Name, worker.Host, worker.PID)
 	if err != nil {
 		return p.wrapDBError("start", err)
 	}
 	r := &running{
 		p:          p,
-		workerID:   workerID,
+		worker:     worker,
 		claimWake:  make(chan struct{}, 1),
 		cancelWake: make(chan struct{}, 1),
 		finishWake: make(chan struct{}, 1),
@@ -295,7 +297,7 @@ func (r *running) stop(ctx context.Context) error {
 	case <-finalCtx.Done():
 		p.log.Warn(finalCtx, "stop: the loop's last iteration is still running; not waiting for it")
 	}
-	if derr := p.store.DeregisterWorker(finalCtx, p.sqlDB, r.workerID); derr != nil {
+	if derr := p.store.DeregisterWorker(finalCtx, p.sqlDB, r.worker.ID); derr != nil {
 		p.log.Warn(finalCtx, "stop: could not remove worker row", "error", derr)
 	}
 	r.handlerCancel(errStopping)
@@ -325,7 +327,7 @@ func (r *running) waitIdle(ctx context.Context) error {
 
 func (r *running) releaseClaims(ctx context.Context, ids []int64) error {
 	p := r.p
-	if err := p.store.Release(ctx, p.sqlDB, p.cfg.Name, r.workerID, ids); err != nil {
+	if err := p.store.Release(ctx, p.sqlDB, p.cfg.Name, r.worker.ID, ids); err != nil {
 		return err
 	}
 	return p.store.Notify(ctx, p.sqlDB, p.keys.Channel, string(store.SignalStart))
@@ -423,7 +425,7 @@ func (r *running) Reserve(limit int) store.LocalClaim {
 	fns := r.p.funcNames()
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	claim := store.LocalClaim{WorkerID: r.workerID, Fns: fns, Listeners: r.p.keys.Channel}
+	claim := store.LocalClaim{Worker: r.worker, Fns: fns, Listeners: r.p.keys.Channel}
 	if r.stopping || len(fns) == 0 {
 		return claim
 	}
@@ -483,7 +485,7 @@ func (r *running) Unreserve(claim store.LocalClaim) {
 func (r *running) claim(fns []string, limit int, beat bool) ([]store.Claimed, error) {
 	p := r.p
 	var claimed []store.Claimed
-	err := p.pipeline(r.bgCtx, p.store.ClaimOp(p.cfg.Name, fns, limit, r.workerID, beat, &claimed))
+	err := p.pipeline(r.bgCtx, p.store.ClaimOp(p.cfg.Name, fns, limit, r.worker, beat, &claimed))
 	return claimed, err
 }
 
@@ -708,7 +710,7 @@ func (r *running) heartbeatLoop() {
 		if !busy {
 			continue
 		}
-		claimed, err := p.store.Heartbeat(r.bgCtx, p.sqlDB, p.cfg.Name, r.workerID)
+		claimed, err := p.store.Heartbeat(r.bgCtx, p.sqlDB, p.cfg.Name, r.worker)
 		if err != nil {
 			p.log.Warn(r.bgCtx, "worker: heartbeat failed", "error", err)
 			continue
@@ -755,7 +757,7 @@ func (r *running) findStranded(claimed []store.ClaimedAttempt) []store.ClaimedAt
 // releaseStranded gives stranded claims back so that a worker claims them.
 func (r *running) releaseStranded(stranded []store.ClaimedAttempt) {
 	p := r.p
-	ids, err := p.store.ReleaseStranded(r.bgCtx, p.sqlDB, p.cfg.Name, r.workerID, stranded)
+	ids, err := p.store.ReleaseStranded(r.bgCtx, p.sqlDB, p.cfg.Name, r.worker.ID, stranded)
 	if err != nil {
 		p.log.Warn(r.bgCtx, "worker: cannot release stranded claims", "error", err)
 		return

@@ -827,8 +827,9 @@ WHERE i.kind = 'cancel_running' AND i.cancel_requested_at IS NULL AND r.ended_at
 	all := slices.Clone(w.all)
 	w.mu.Unlock()
 
-	// Rows of workers that were killed stay behind (nothing deletes
-	// them); reported, not a promise of DESIGN §1.
+	// Rows of workers that were killed stay behind until a recovery pass
+	// finds them older than the retention (ten leases): those of the last
+	// kills remain. Reported, not a promise of DESIGN §1.
 	var workerRows int
 	if err := db.DB.QueryRowContext(ctx, `SELECT count(*) FROM faults.workers WHERE pool = $1`, poolName).Scan(&workerRows); err != nil {
 		t.Error(err)

@@ -174,8 +174,7 @@ WITH lim AS (
 ), rc AS (
     UPDATE {s}.internal_state SET running_count = running_count + (SELECT count(*) FROM ins) WHERE pool = $1
     RETURNING running_count
-), hb AS (
-    UPDATE {s}.workers SET heartbeat_at = now() WHERE id = $5 AND $8 AND EXISTS (SELECT 1 FROM pick WHERE mine)
+), hb AS (`+beatWorker("$1", "$5", "$11", "$12", "$8 AND EXISTS (SELECT 1 FROM pick WHERE mine)")+`
 )
 SELECT pick.work_id, pick.segment, pick.fn_name, pick.label, pick.attempt, pick.timeout_ms, pick.mine,
        COALESCE(w.args::text, ''), COALESCE(w.on_complete IS NOT NULL, false),
@@ -461,9 +460,9 @@ type Starts struct {
 
 // LocalClaim asks StartWorkOp to claim rows for a worker of this process.
 type LocalClaim struct {
-	WorkerID int64
-	Fns      []string
-	Slots    int
+	Worker Worker
+	Fns    []string
+	Slots  int
 	// Heartbeat refreshes the worker's lease in the same statement.
 	Heartbeat bool
 	// Listeners is the application_name of the pool's LISTEN connections,
@@ -494,7 +493,8 @@ func (s *Store) StartWorkOp(pool string, r Range, limit int, local LocalClaim, o
 		out.Processes = max(out.Processes, procs)
 		out.Rows = append(out.Rows, st)
 		return nil
-	}, pool, r.From, r.To, limit, local.WorkerID, local.Fns, local.Slots, local.Heartbeat, local.Listeners, local.Processes)
+	}, pool, r.From, r.To, limit, local.Worker.ID, local.Fns, local.Slots, local.Heartbeat, local.Listeners, local.Processes,
+		local.Worker.Host, local.Worker.PID)
 }
 
 // UnclaimOp gives back rows StartWorkOp claimed for workerID at startedAt.

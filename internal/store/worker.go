@@ -75,6 +75,23 @@ const retryRule = `(r.status = 'failed' AND NOT r.nonretryable AND NOT w.cancele
 // canceled meanwhile ends as canceled.
 const finalStatus = `(CASE WHEN r.status = 'failed' AND w.canceled THEN 'canceled' ELSE r.status END)`
 
+// beatWorker returns the statement, for a CTE, that refreshes a worker's
+// heartbeat when cond holds, re-creating the worker's row under its own id
+// if recovery removed it; pool, id, host and pid are the statement's
+// parameters that hold them. Recovery removes the rows of processes that
+// have not heartbeated for a long time (recovery.WorkerRetention), which
+// includes live ones that sat idle, as idle processes send nothing. Such a
+// process's next claim always carries a heartbeat (one is due after half a
+// heartbeat interval, far less than the retention), so the claim and the
+// row it needs commit together, and recovery never takes the claim for
+// that of a process that is gone.
+func beatWorker(pool, id, host, pid, cond string) string {
+	return `
+    INSERT INTO {s}.workers (id, pool, host, pid) OVERRIDING SYSTEM VALUE
+    SELECT ` + id + `, ` + pool + `, ` + host + `, ` + pid + ` WHERE ` + cond + `
+    ON CONFLICT (id) DO UPDATE SET heartbeat_at = now()`
+}
+
 func init() {
 	register("registerWorker", `
 INSERT INTO {s}.workers (pool, host, pid) VALUES ($1, $2, $3) RETURNING id`)
@@ -83,8 +100,7 @@ INSERT INTO {s}.workers (pool, host, pid) VALUES ($1, $2, $3) RETURNING id`)
 	// runs, to find claims whose commit succeeded while their answer was
 	// lost (a broken connection after the server committed).
 	register("heartbeat", `
-WITH hb AS (
-    UPDATE {s}.workers SET heartbeat_at = now() WHERE id = $1
+WITH hb AS (`+beatWorker("$2", "$1", "$3", "$4", "true")+`
 )
 SELECT r.work_id, r.attempt FROM {s}.running r
  WHERE r.pool = $2 AND r.claimed_by = $1
@@ -95,8 +111,7 @@ SELECT r.work_id, r.attempt FROM {s}.running r
 	// process that was idle for longer than the lease is not declared lost
 	// the moment it takes work.
 	register("claim", `
-WITH hb AS (
-    UPDATE {s}.workers SET heartbeat_at = now() WHERE id = $4 AND $5
+WITH hb AS (`+beatWorker("$1", "$4", "$6", "$7", "$5")+`
 ), c AS (
     SELECT ctid FROM {s}.running
      WHERE pool = $1 AND claimed_by IS NULL AND fn_name = ANY($2::text[])
@@ -188,6 +203,15 @@ RETURNING r.work_id`)
 SELECT id FROM {s}.work WHERE id = ANY($1::bigint[]) AND canceled`)
 }
 
+// Worker identifies a worker process's row in the workers table: the id
+// RegisterWorker returned, and what the row says about the process, which
+// the statements that heartbeat need to re-create it (see beatWorker).
+type Worker struct {
+	ID   int64
+	Host string
+	PID  int
+}
+
 // RegisterWorker records a live worker process and returns its id.
 func (s *Store) RegisterWorker(ctx context.Context, q Querier, pool, host string, pid int) (int64, error) {
 	var id int64
@@ -205,7 +229,7 @@ type ClaimedAttempt struct {
 
 // Heartbeat extends a worker's lease and returns the attempts it holds
 // claimed that have not reported.
-func (s *Store) Heartbeat(ctx context.Context, q Querier, pool string, workerID int64) ([]ClaimedAttempt, error) {
+func (s *Store) Heartbeat(ctx context.Context, q Querier, pool string, w Worker) ([]ClaimedAttempt, error) {
 	var out []ClaimedAttempt
 	err := Run(ctx, q, s.op("heartbeat", func(r Row) error {
 		var c ClaimedAttempt
@@ -214,7 +238,7 @@ func (s *Store) Heartbeat(ctx context.Context, q Querier, pool string, workerID 
 		}
 		out = append(out, c)
 		return nil
-	}, workerID, pool))
+	}, w.ID, pool, w.Host, w.PID))
 	return out, err
 }
 
@@ -252,8 +276,8 @@ type Claimed struct {
 }
 
 // ClaimOp takes up to limit unclaimed running rows of the given functions
-// for workerID, refreshing its heartbeat first when refreshHeartbeat is set.
-func (s *Store) ClaimOp(pool string, fns []string, limit int, workerID int64, refreshHeartbeat bool, out *[]Claimed) Op {
+// for worker w, refreshing its heartbeat first when refreshHeartbeat is set.
+func (s *Store) ClaimOp(pool string, fns []string, limit int, w Worker, refreshHeartbeat bool, out *[]Claimed) Op {
 	return s.op("claim", func(r Row) error {
 		var c Claimed
 		var timeoutMs int64
@@ -265,13 +289,13 @@ func (s *Store) ClaimOp(pool string, fns []string, limit int, workerID int64, re
 		c.WorkMissing = !exists
 		*out = append(*out, c)
 		return nil
-	}, pool, fns, limit, workerID, refreshHeartbeat)
+	}, pool, fns, limit, w.ID, refreshHeartbeat, w.Host, w.PID)
 }
 
 // Claim runs ClaimOp on q.
-func (s *Store) Claim(ctx context.Context, q Querier, pool string, fns []string, limit int, workerID int64, refreshHeartbeat bool) ([]Claimed, error) {
+func (s *Store) Claim(ctx context.Context, q Querier, pool string, fns []string, limit int, w Worker, refreshHeartbeat bool) ([]Claimed, error) {
 	var out []Claimed
-	if err := Run(ctx, q, s.ClaimOp(pool, fns, limit, workerID, refreshHeartbeat, &out)); err != nil {
+	if err := Run(ctx, q, s.ClaimOp(pool, fns, limit, w, refreshHeartbeat, &out)); err != nil {
 		return nil, err
 	}
 	return out, nil
