@@ -32,6 +32,25 @@ func registerHeld(t *testing.T, p *workpool.Pool) (*workpool.Func[num, int], *he
 	return f, h
 }
 
+// recoverThenFinish forces a recovery pass while the attempt of id is held
+// in h's handler, checks that the pass left it running, then releases it
+// and checks that it succeeds with value, having run once.
+func recoverThenFinish(t *testing.T, e *env, p *workpool.Pool, id workpool.WorkID, h *held, value, lostMsg string) {
+	t.Helper()
+	ctx := context.Background()
+	e.forceRecovery(p.Name())
+	require.NoError(t, p.SetMaxParallelism(ctx, 3)) // kicks the loop
+	waitFor(t, 10*time.Second, "a recovery pass", func() bool {
+		return e.count("SELECT count(*) FROM "+e.schema+".internal_state WHERE last_recovery > 0") == 1
+	})
+	st, err := p.Status(ctx, id)
+	require.NoError(t, err)
+	assert.Equal(t, workpool.Status{State: workpool.StateRunning}, st, lostMsg)
+	close(h.release)
+	assert.Equal(t, apiCompletion{Status: "success", Value: value, Attempts: 1}, e.waitCompletion(id, 10*time.Second))
+	assert.Equal(t, int32(1), h.calls.Load())
+}
+
 // TestAPILeaseKeptByHeartbeat: a handler that runs longer than the lease
 // is not declared lost while its process heartbeats: a recovery pass in
 // the middle of it leaves it alone and it completes once.
@@ -48,17 +67,7 @@ func TestAPILeaseKeptByHeartbeat(t *testing.T) {
 	waitFor(t, 10*time.Second, "the attempt to outlive its lease", func() bool {
 		return e.count("SELECT count(*) FROM "+e.schema+".running WHERE claimed_at < now() - interval '1200 milliseconds'") == 1
 	})
-	e.forceRecovery(p.Name())
-	require.NoError(t, p.SetMaxParallelism(context.Background(), 3)) // kicks the loop
-	waitFor(t, 10*time.Second, "a recovery pass", func() bool {
-		return e.count("SELECT count(*) FROM "+e.schema+".internal_state WHERE last_recovery > 0") == 1
-	})
-	st, err := p.Status(context.Background(), id)
-	require.NoError(t, err)
-	assert.Equal(t, workpool.Status{State: workpool.StateRunning}, st, "recovery took a heartbeating attempt")
-	close(h.release)
-	assert.Equal(t, apiCompletion{Status: "success", Value: "8", Attempts: 1}, e.waitCompletion(id, 10*time.Second))
-	assert.Equal(t, int32(1), h.calls.Load())
+	recoverThenFinish(t, e, p, id, h, "8", "recovery took a heartbeating attempt")
 	assert.Len(t, h.started, 0)
 }
 
@@ -93,7 +102,6 @@ func TestAPITimeoutRetried(t *testing.T) {
 // recovery pass right after the claim leaves the attempt alone.
 func TestAPIClaimAfterIdleRefreshesLease(t *testing.T) {
 	t.Parallel()
-	ctx := context.Background()
 	e := newAPIEnv(t)
 	p := e.pool(workpool.Config{MaxParallelism: 2, HeartbeatInterval: time.Second, Lease: 1500 * time.Millisecond})
 	f, h := registerHeld(t, p)
@@ -107,17 +115,7 @@ func TestAPIClaimAfterIdleRefreshesLease(t *testing.T) {
 	enqueue(t, p, f, num{N: 1}, workpool.RunAfter(time.Hour))
 	id := enqueue(t, p, f, num{N: 2}, workpool.Retry(workpool.RetryBehavior{MaxAttempts: 3, Base: 1}), workpool.OnComplete(done, ""))
 	recv(t, h.started, 10*time.Second, "the handler to start")
-	e.forceRecovery(p.Name())
-	require.NoError(t, p.SetMaxParallelism(ctx, 3)) // kicks the loop
-	waitFor(t, 10*time.Second, "a recovery pass", func() bool {
-		return e.count("SELECT count(*) FROM "+e.schema+".internal_state WHERE last_recovery > 0") == 1
-	})
-	st, err := p.Status(ctx, id)
-	require.NoError(t, err)
-	assert.Equal(t, workpool.Status{State: workpool.StateRunning}, st, "recovery declared a fresh claim lost")
-	close(h.release)
-	assert.Equal(t, apiCompletion{Status: "success", Value: "2", Attempts: 1}, e.waitCompletion(id, 10*time.Second))
-	assert.Equal(t, int32(1), h.calls.Load())
+	recoverThenFinish(t, e, p, id, h, "2", "recovery declared a fresh claim lost")
 }
 
 // TestIdleProcessRecreatesItsWorkerRow: recovery removes the workers rows
@@ -137,7 +135,6 @@ func TestIdleProcessRecreatesItsWorkerRow(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			ctx := context.Background()
 			e := newAPIEnv(t)
 			cfg := workpool.Config{MaxParallelism: 2, HeartbeatInterval: 100 * time.Millisecond, Lease: 1500 * time.Millisecond}
 			if tc.follower {
@@ -163,17 +160,7 @@ func TestIdleProcessRecreatesItsWorkerRow(t *testing.T) {
 			assert.Equal(t, 1, e.count("SELECT count(*) FROM "+e.schema+".running WHERE work_id = ? AND claimed_by = ?", int64(id), wid))
 			assert.Equal(t, 1, e.count("SELECT count(*) FROM "+e.schema+".workers WHERE id = ?", wid), "the claim re-created the row")
 
-			e.forceRecovery(p.Name())
-			require.NoError(t, p.SetMaxParallelism(ctx, 3)) // kicks the loop
-			waitFor(t, 10*time.Second, "a recovery pass", func() bool {
-				return e.count("SELECT count(*) FROM "+e.schema+".internal_state WHERE last_recovery > 0") == 1
-			})
-			st, err := p.Status(ctx, id)
-			require.NoError(t, err)
-			assert.Equal(t, workpool.Status{State: workpool.StateRunning}, st, "recovery took the claim of a live process for lost")
-			close(h.release)
-			assert.Equal(t, apiCompletion{Status: "success", Value: "2", Attempts: 1}, e.waitCompletion(id, 10*time.Second))
-			assert.Equal(t, int32(1), h.calls.Load())
+			recoverThenFinish(t, e, p, id, h, "2", "recovery took the claim of a live process for lost")
 		})
 	}
 }
