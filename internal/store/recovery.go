@@ -44,18 +44,6 @@ WITH o AS (
 SELECT work_id FROM o`)
 }
 
-func init() {
-	// deleteStaleWorkers removes the rows of processes that have not
-	// heartbeated for longer than the retention: a process killed without
-	// a Stop leaves its row behind. A live process that sat idle that
-	// long loses its row too and re-creates it with its next claim (see
-	// beatWorker).
-	register("deleteStaleWorkers", `
-DELETE FROM {s}.workers
- WHERE pool = $1 AND heartbeat_at < now() - $2 * interval '1 millisecond'
-RETURNING id`)
-}
-
 // Lost is an attempt recovery will complete as failed.
 type Lost struct {
 	WorkID  int64
@@ -87,14 +75,4 @@ func (s *Store) DeleteOrphans(ctx context.Context, q Querier, pool string) ([]in
 	var out []int64
 	err := Run(ctx, q, s.op("deleteOrphans", scanIDs(&out), pool))
 	return out, err
-}
-
-// DeleteStaleWorkers removes the pool's workers rows whose last heartbeat
-// is older than retention and returns their ids.
-func (s *Store) DeleteStaleWorkers(ctx context.Context, q Querier, pool string, retention time.Duration) ([]int64, error) {
-	var out []int64
-	if err := Run(ctx, q, s.op("deleteStaleWorkers", scanIDs(&out), pool, retention.Milliseconds())); err != nil {
-		return nil, fmt.Errorf("delete stale workers: %w", err)
-	}
-	return out, nil
 }

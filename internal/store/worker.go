@@ -106,6 +106,15 @@ SELECT r.work_id, r.attempt FROM {s}.running r
  WHERE r.pool = $2 AND r.claimed_by = $1
    AND EXISTS (SELECT 1 FROM {s}.work w WHERE `+probe("w.id", "r.work_id")+` AND w.attempts = r.attempt AND w.result IS NULL)`)
 	register("deregisterWorker", `DELETE FROM {s}.workers WHERE id = $1`)
+	// deleteStaleWorkers removes the rows of processes that have not
+	// heartbeated for longer than the retention (the recovery pass): a
+	// process killed without a Stop leaves its row behind. A live process
+	// that sat idle that long loses its row too and re-creates it with its
+	// next claim (see beatWorker).
+	register("deleteStaleWorkers", `
+DELETE FROM {s}.workers
+ WHERE pool = $1 AND heartbeat_at < now() - $2 * interval '1 millisecond'
+RETURNING id`)
 
 	// The heartbeat rides along with a claim when it is due, so that a
 	// process that was idle for longer than the lease is not declared lost
@@ -258,6 +267,16 @@ func (s *Store) ReleaseStranded(ctx context.Context, q Querier, pool string, wor
 func (s *Store) DeregisterWorker(ctx context.Context, q Querier, workerID int64) error {
 	_, err := q.ExecContext(ctx, s.sql("deregisterWorker"), workerID)
 	return err
+}
+
+// DeleteStaleWorkers removes the pool's workers rows whose last heartbeat
+// is older than retention and returns their ids.
+func (s *Store) DeleteStaleWorkers(ctx context.Context, q Querier, pool string, retention time.Duration) ([]int64, error) {
+	var out []int64
+	if err := Run(ctx, q, s.op("deleteStaleWorkers", scanIDs(&out), pool, retention.Milliseconds())); err != nil {
+		return nil, fmt.Errorf("delete stale workers: %w", err)
+	}
+	return out, nil
 }
 
 // Claimed is one started attempt a worker took.
