@@ -453,7 +453,11 @@ func TestResultKickLeavesOutEmptyPhasesAndMissesNothing(t *testing.T) {
 		{"Kick", p.driver.Kick, 1},
 		{"KickForResults", p.driver.KickForResults, 2},
 	} {
-		require.Eventually(t, func() bool { return h.runStatus().State == store.RunIdle }, 5*time.Second, time.Millisecond, tc.name)
+		// Idle after an iteration: a new pool's run status starts idle, and
+		// the iteration of taking the lead, run late, would be counted.
+		require.Eventually(t, func() bool {
+			return p.driver.Iterations() > 0 && h.runStatus().State == store.RunIdle
+		}, 5*time.Second, time.Millisecond, tc.name)
 		done, canceled := h.work(workOpts{}), h.work(workOpts{})
 		h.running(done, 0, nil)
 		h.pendingStart(canceled, h.now()+600)
