@@ -1,6 +1,7 @@
 package loop_test
 
 import (
+	"database/sql"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -624,4 +625,64 @@ func TestWorkingIterationWithProducerInFlight(t *testing.T) {
 	assert.Zero(t, out.Started)
 	assert.Equal(t, loop.NextScheduled, out.Next)
 	assert.Equal(t, store.RunScheduled, h.runStatus().State)
+}
+
+// TestSaturatedPoolLeavesRunStatusAlone: a pool at its limit is scheduled
+// saturated, and an iteration that hands a freed slot on and is at the
+// limit again leaves that row as it is: it neither marks it running when it
+// wakes nor writes it back (a pool at its limit paid both writes for every
+// slot). Meanwhile the row still tells producers the truth they act on: an
+// enqueue need not kick, a cancel must; and once slots stay free the loop
+// writes what it does.
+func TestSaturatedPoolLeavesRunStatusAlone(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, harnessOpts{maxParallelism: 1})
+	h.recoveredNow()
+	first, second, third := h.work(workOpts{}), h.work(workOpts{}), h.work(workOpts{})
+	for _, id := range []int64{first, second, third} {
+		h.pendingStart(id, h.now())
+	}
+	out := h.main()
+	require.Equal(t, 1, out.Started)
+	require.Equal(t, loop.NextScheduled, out.Next)
+	held := h.runStatus()
+	require.Equal(t, store.RunScheduled, held.State)
+	require.True(t, held.Saturated)
+	version := func() int64 { return h.scalar("SELECT xmin::text::bigint FROM {s}.run_status") }
+	written := version()
+
+	h.complete(store.Result{WorkID: first, Status: "success"})
+	out = h.main()
+	assert.Equal(t, 1, out.Completions)
+	assert.Equal(t, 1, out.Started, "the freed slot goes to the next item")
+	assert.Equal(t, loop.NextScheduled, out.Next)
+	assert.True(t, out.Saturated)
+	assert.Equal(t, written, version(), "run_status was written by an iteration that left it as it was")
+	rs := h.runStatus()
+	assert.Equal(t, held.Segment, rs.Segment)
+	assert.True(t, rs.Saturated)
+
+	kick := func(src store.KickSource) bool {
+		var kicked bool
+		require.NoError(t, withTx(h.ctx, h.sqlDB, func(tx *sql.Tx) error {
+			var err error
+			kicked, err = h.st.Kick(h.ctx, tx, pool, h.keys, src)
+			return err
+		}))
+		return kicked
+	}
+	assert.False(t, kick(store.KickSource{Due: h.now(), StartsOnly: true}), "an enqueue cannot start while the pool is at its limit")
+	assert.True(t, kick(store.KickSource{Due: h.now()}), "a cancel or a result must wake the loop")
+
+	// The last item is canceled while it waits and the running one ends:
+	// nothing is left to run, and the loop says so.
+	h.cancel(third)
+	h.complete(store.Result{WorkID: second, Status: "success"})
+	out = h.main()
+	assert.Equal(t, 1, out.Completions)
+	assert.Equal(t, 1, out.Cancelations)
+	assert.Zero(t, out.Started)
+	assert.Equal(t, loop.NextIdle, out.Next)
+	assert.Equal(t, store.RunIdle, h.runStatus().State)
+	h.checkRunningCount()
 }

@@ -16,16 +16,24 @@ import (
 func init() {
 	// lockState locks the pool's internal_state row (the generation guard)
 	// and, when the generation matches, marks the loop running so that
-	// producers stop kicking it while it works.
+	// producers stop kicking it while it works, and returns the run status
+	// the iteration holds. A loop scheduled saturated is left so: only
+	// producers that could not start work anyway (cancels, remote
+	// results) kick it meanwhile, and a saturated pool, whose every
+	// iteration both woke and went back to the same scheduled saturated
+	// status, writes it not at all (see loop.decide).
 	register("lockState", `
 WITH st AS (
     SELECT s.*, c.max_parallelism, c.log_level, c.updated_at AS config_updated_at
       FROM {s}.internal_state s JOIN {s}.config c ON c.pool = s.pool
      WHERE s.pool = $1
        FOR UPDATE OF s
+), cur AS (
+    SELECT state, segment, saturated FROM {s}.run_status WHERE pool = $1
 ), rs AS (
     UPDATE {s}.run_status SET state = 'running', segment = NULL, saturated = false, updated_at = now()
-     WHERE pool = $1 AND state <> 'running' AND (SELECT generation FROM st) = $2
+     WHERE pool = $1 AND state <> 'running' AND NOT (state = 'scheduled' AND saturated)
+       AND (SELECT generation FROM st) = $2
     RETURNING 1
 )
 SELECT st.generation, st.start_cursor, st.completion_cursor, st.cancelation_cursor, st.last_recovery,
@@ -33,6 +41,8 @@ SELECT st.generation, st.start_cursor, st.completion_cursor, st.cancelation_curs
        st.report_retries, st.report_canceled, st.report_started_at, st.max_parallelism, st.log_level,
        st.config_updated_at,
        {now}, statement_timestamp(), (SELECT count(*) FROM rs),
+       COALESCE((SELECT state FROM cur), ''), COALESCE((SELECT segment FROM cur), 0),
+       COALESCE((SELECT saturated FROM cur), false),
        set_config('statement_timeout', $3, true) || `+planSettings+`
   FROM st`)
 
@@ -278,6 +288,10 @@ type State struct {
 	// MarkedRunning is true when this call moved run_status to running
 	// (the loop was woken by its timer rather than by a kick).
 	MarkedRunning bool
+	// RunStatus is run_status as the iteration holds it: running, or
+	// what it was if the call left it (scheduled saturated). Only its
+	// State, Segment and Saturated are set.
+	RunStatus RunStatus
 }
 
 // LockStateOp locks the pool's state row for the iteration, sets a
@@ -287,15 +301,20 @@ type State struct {
 func (s *Store) LockStateOp(pool string, generation int64, statementTimeout time.Duration, st *State) Op {
 	return s.op("lockState", func(r Row) error {
 		var marked int64
-		var setting string
+		var setting, state string
 		st.Found = true
 		if err := r.Scan(&st.Generation, &st.StartCursor, &st.CompletionCursor, &st.CancelationCursor, &st.LastRecovery,
 			&st.LastActivity, &st.RunningCount, &st.Counters.Completed, &st.Counters.Succeeded, &st.Counters.Failed,
 			&st.Counters.Retries, &st.Counters.Canceled, &st.Counters.Since, &st.MaxParallelism, &st.LogLevel,
-			&st.ConfigVersion, &st.NowSegment, &st.Now, &marked, &setting); err != nil {
+			&st.ConfigVersion, &st.NowSegment, &st.Now, &marked,
+			&state, &st.RunStatus.Segment, &st.RunStatus.Saturated, &setting); err != nil {
 			return err
 		}
 		st.MarkedRunning = marked > 0
+		st.RunStatus.State = RunState(state)
+		if st.MarkedRunning {
+			st.RunStatus = RunStatus{State: RunRunning}
+		}
 		return nil
 	}, pool, generation, fmt.Sprintf("%dms", statementTimeout.Milliseconds()))
 }
