@@ -93,6 +93,7 @@ type options struct {
 	timeout       time.Duration
 	backlogRows   int
 	backlogSettle bool
+	checkpoint    bool
 	settle        time.Duration
 	riverCooldown time.Duration
 	riverPoll     time.Duration
@@ -136,6 +137,7 @@ func parseFlags(args []string, errOut io.Writer) (options, error) {
 	fs.DurationVar(&o.timeout, "timeout", 5*time.Minute, "give up on a phase (drain, wait for completions) after this long and report the system's state")
 	fs.IntVar(&o.backlogRows, "backlog-rows", 1_000_000, "future-scheduled rows inserted in backlog mode")
 	fs.BoolVar(&o.backlogSettle, "backlog-settle", true, "backlog mode: CHECKPOINT and VACUUM (ANALYZE) the system's tables after inserting the future rows, so the timed drain measures their presence rather than the write-back of a million fresh rows (false: drain at once)")
+	fs.BoolVar(&o.checkpoint, "checkpoint", true, "CHECKPOINT before each system's run, so that a checkpoint that the earlier runs' WAL made due does not fall inside this one's timed phase (false: leave checkpoints to the server)")
 	fs.DurationVar(&o.settle, "settle", 12*time.Second, "idle mode: wait after start before the window (Postgres 15 flushes an idle backend's pending statistics up to 10 s late)")
 	fs.DurationVar(&o.riverCooldown, "river-cooldown", 0, "override River's FetchCooldown")
 	fs.DurationVar(&o.riverPoll, "river-poll", 0, "override River's FetchPollInterval")

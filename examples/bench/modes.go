@@ -114,6 +114,18 @@ func (e *env) runSystem(ctx context.Context, name string) *result {
 			res.note("drop schema at the end failed: %v", err)
 		}
 	}()
+	if e.o.checkpoint {
+		if _, err := e.admin.Exec(ctx, "CHECKPOINT"); err != nil {
+			res.note("CHECKPOINT before the run failed, so one may fall inside it: %v", err)
+		}
+	}
+	if walStart, err := e.walLSN(ctx); err == nil {
+		defer func() {
+			if walEnd, err := e.walLSN(context.WithoutCancel(ctx)); err == nil {
+				res.set("wal_mb", float64(walEnd-walStart)/1e6)
+			}
+		}()
+	}
 	switch e.o.mode {
 	case "drain", "slots":
 		res.err = e.drainMode(ctx, sys, res)
@@ -127,6 +139,13 @@ func (e *env) runSystem(ctx context.Context, name string) *result {
 		res.err = fmt.Errorf("unknown mode %q", e.o.mode)
 	}
 	return res
+}
+
+// walLSN returns the server's current WAL insert position in bytes.
+func (e *env) walLSN(ctx context.Context) (int64, error) {
+	var lsn int64
+	err := e.admin.QueryRow(ctx, "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint").Scan(&lsn)
+	return lsn, err
 }
 
 // drainStats is what one drain phase measured.
