@@ -222,6 +222,19 @@ func (h *harness) cancel(id int64) []int64 {
 	return got
 }
 
+// kick runs a producer's kick in a transaction of its own and reports
+// whether it notified.
+func (h *harness) kick(src store.KickSource) bool {
+	h.t.Helper()
+	var kicked bool
+	require.NoError(h.t, withTx(h.ctx, h.sqlDB, func(tx *sql.Tx) error {
+		var err error
+		kicked, err = h.st.Kick(h.ctx, tx, pool, h.keys, src)
+		return err
+	}))
+	return kicked
+}
+
 func withTx(ctx context.Context, db *sql.DB, fn func(*sql.Tx) error) error {
 	tx, err := db.BeginTx(ctx, nil)
 	if err != nil {

@@ -1,7 +1,6 @@
 package loop_test
 
 import (
-	"database/sql"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -662,17 +661,8 @@ func TestSaturatedPoolLeavesRunStatusAlone(t *testing.T) {
 	assert.Equal(t, held.Segment, rs.Segment)
 	assert.True(t, rs.Saturated)
 
-	kick := func(src store.KickSource) bool {
-		var kicked bool
-		require.NoError(t, withTx(h.ctx, h.sqlDB, func(tx *sql.Tx) error {
-			var err error
-			kicked, err = h.st.Kick(h.ctx, tx, pool, h.keys, src)
-			return err
-		}))
-		return kicked
-	}
-	assert.False(t, kick(store.KickSource{Due: h.now(), StartsOnly: true}), "an enqueue cannot start while the pool is at its limit")
-	assert.True(t, kick(store.KickSource{Due: h.now()}), "a cancel or a result must wake the loop")
+	assert.False(t, h.kick(store.KickSource{Due: h.now(), StartsOnly: true}), "an enqueue cannot start while the pool is at its limit")
+	assert.True(t, h.kick(store.KickSource{Due: h.now()}), "a cancel or a result must wake the loop")
 
 	// The last item is canceled while it waits and the running one ends:
 	// nothing is left to run, and the loop says so.
@@ -685,4 +675,29 @@ func TestSaturatedPoolLeavesRunStatusAlone(t *testing.T) {
 	assert.Equal(t, loop.NextIdle, out.Next)
 	assert.Equal(t, store.RunIdle, h.runStatus().State)
 	h.checkRunningCount()
+}
+
+// TestLeadingProducerKicksOnlyAnIdleLoop: a producer in the leading
+// process, which wakes its driver itself (store.KickSource.Leading),
+// notifies only an idle loop, for the followers, which stop checking on the
+// leader while it is idle; any other producer also wakes a loop scheduled
+// later than its row is due.
+func TestLeadingProducerKicksOnlyAnIdleLoop(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, harnessOpts{})
+	h.recoveredNow()
+	require.Equal(t, loop.NextIdle, h.main().Next)
+	leading := store.KickSource{Due: h.now(), StartsOnly: true, Origin: "1", Leading: true}
+	assert.True(t, h.kick(leading), "an idle loop")
+
+	h.running(h.work(workOpts{}), 0, nil)
+	require.Equal(t, loop.NextScheduled, h.main().Next)
+	leading.Due = h.now()
+	assert.False(t, h.kick(leading), "a scheduled loop, by an enqueue")
+	cancel := leading
+	cancel.StartsOnly = false
+	assert.False(t, h.kick(cancel), "a scheduled loop, by a cancel or a result")
+	other := leading
+	other.Leading = false
+	assert.True(t, h.kick(other), "a scheduled loop, by another process")
 }

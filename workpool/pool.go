@@ -55,6 +55,10 @@ type Pool struct {
 	// after which it wakes its own driver (kickLocal), so that the driver
 	// can ignore their notifications while it leads (store.KickSource).
 	origin string
+
+	// beforeLeadingWrite, if set (by tests), runs when writeTogether found
+	// this process leading, before its transaction.
+	beforeLeadingWrite func()
 }
 
 // New returns a pool on db, which must use the pgx database/sql driver
@@ -194,6 +198,32 @@ func (p *Pool) inTx(ctx context.Context, fn func(tx *sql.Tx) error) error {
 func (p *Pool) kickLocal() {
 	if r := p.runState(); r != nil {
 		r.driver.Kick()
+	}
+}
+
+// leading reports whether this process's driver leads the pool's loop.
+func (p *Pool) leading() bool {
+	r := p.runState()
+	return r != nil && r.driver.Leader()
+}
+
+// kickAfterCommit kicks the loop in a transaction of its own, for rows a
+// transaction whose kick counted on this process leading committed (see
+// writeTogether). The kick
+// protocol holds: a loop iteration that went quiet before the commit reads
+// run_status as idle or scheduled here and is woken; one whose re-check
+// came later sees the rows; one in between failed its try-lock against the
+// rows' transaction and looks again by itself. A failure is logged: the
+// rows are committed, and the loop reaches them at its next iteration.
+func (p *Pool) kickAfterCommit(ctx context.Context, src store.KickSource) {
+	src.Origin, src.Leading = "", false
+	ctx = context.WithoutCancel(ctx) // the rows are committed whatever the caller does now
+	err := p.inTx(ctx, func(tx *sql.Tx) error {
+		_, err := p.store.Kick(ctx, tx, p.cfg.Name, p.keys, src)
+		return err
+	})
+	if err != nil {
+		p.log.Warn(ctx, "kick after losing the lead failed; the work starts at the loop's next iteration", "error", err)
 	}
 }
 

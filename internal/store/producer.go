@@ -57,7 +57,7 @@ SELECT pg_notify($4, 'k' || $5) FROM {s}.run_status
  WHERE pool = $1
    AND (current_setting('transaction_isolation') <> 'read committed'
         OR state = 'idle'
-        OR (state = 'scheduled' AND segment > GREATEST($2::bigint, {now}) AND NOT ($3 AND saturated)))`)
+        OR (state = 'scheduled' AND segment > GREATEST($2::bigint, {now}) AND NOT ($3 AND saturated) AND NOT $6))`)
 
 	register("insertCancelations", `
 WITH c AS (
@@ -200,13 +200,18 @@ type KickSource struct {
 	// otherwise cost it a second iteration right after the first. Leave it
 	// empty when the caller commits (EnqueueTx).
 	Origin string
+	// Leading says the producer's process leads the loop and wakes its
+	// driver after the commit (Origin is set): then only an idle loop is
+	// notified, for the followers, which stop checking on the leader while
+	// the loop is idle.
+	Leading bool
 }
 
 // KickOp wakes the loop if the producer's new row needs it, setting
 // *kicked when it sent a notification. It must follow the statement that
 // inserted the row.
 func (s *Store) KickOp(pool string, keys Keys, src KickSource, kicked *bool) Op {
-	return s.op("kick", func(Row) error { *kicked = true; return nil }, pool, src.Due, src.StartsOnly, keys.Channel, src.Origin)
+	return s.op("kick", func(Row) error { *kicked = true; return nil }, pool, src.Due, src.StartsOnly, keys.Channel, src.Origin, src.Leading)
 }
 
 // Kick runs KickOp on q and reports whether it sent a notification.
