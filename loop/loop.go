@@ -45,7 +45,10 @@
 // Pool's origin: the driver, while it leads, ignores such a notification
 // (it arrives while the iteration it asks for runs, and would cost a second,
 // empty one), so a quiet enqueue costs two iterations, one to start it and
-// one to record its result (DriverConfig.Origin).
+// one to record its result (DriverConfig.Origin). An enqueue there notifies
+// only an idle loop, for the followers, which stop checking on the leader
+// while it is idle (store.KickSource.Leading); one whose process lost the
+// lead before it committed kicks in full afterwards.
 //
 // # Deviations from the Convex loop
 //

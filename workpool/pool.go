@@ -207,14 +207,14 @@ func (p *Pool) leading() bool {
 	return r != nil && r.driver.Leader()
 }
 
-// kickAfterCommit kicks the loop in a transaction of its own, for rows a
-// transaction whose kick counted on this process leading committed (see
-// writeTogether). The kick
-// protocol holds: a loop iteration that went quiet before the commit reads
-// run_status as idle or scheduled here and is woken; one whose re-check
-// came later sees the rows; one in between failed its try-lock against the
-// rows' transaction and looks again by itself. A failure is logged: the
-// rows are committed, and the loop reaches them at its next iteration.
+// kickAfterCommit kicks the loop in a transaction of its own, for rows
+// whose transaction kicked counting on this process leading (see
+// writeTogether). The kick protocol holds: an iteration that went quiet
+// before the commit left run_status idle or scheduled, which this kick
+// reads, and is woken; one whose re-check came later sees the rows; one in
+// between failed its try-lock against the rows' transaction and looks
+// again by itself. A failure is logged: the rows are committed, and the
+// loop reaches them at its next wake-up.
 func (p *Pool) kickAfterCommit(ctx context.Context, src store.KickSource) {
 	src.Origin, src.Leading = "", false
 	ctx = context.WithoutCancel(ctx) // the rows are committed whatever the caller does now

@@ -17,11 +17,11 @@ func init() {
 	// lockState locks the pool's internal_state row (the generation guard)
 	// and, when the generation matches, marks the loop running so that
 	// producers stop kicking it while it works, and returns the run status
-	// the iteration holds. A loop scheduled saturated is left so: only
-	// producers that could not start work anyway (cancels, remote
-	// results) kick it meanwhile, and a saturated pool, whose every
-	// iteration both woke and went back to the same scheduled saturated
-	// status, writes it not at all (see loop.decide).
+	// the iteration holds. A loop scheduled saturated is left so: enqueues,
+	// which a full pool could not start, still do not kick it meanwhile,
+	// cancels and results still do, and a pool at its limit, whose every
+	// iteration woke from and went back to the same scheduled saturated
+	// status, does not write it at all (see loop.decide).
 	register("lockState", `
 WITH st AS (
     SELECT s.*, c.max_parallelism, c.log_level, c.updated_at AS config_updated_at
