@@ -27,6 +27,11 @@ type metric struct {
 	info bool
 }
 
+// walMetric is the context row of the WAL a run wrote after its schema was
+// set up (runSystem): the enqueue, the timed phase and, in backlog mode,
+// the future rows.
+var walMetric = metric{key: "wal_mb", label: "WAL written by the run after schema set-up, MB", info: true}
+
 // modeMetrics lists each mode's rows, in order.
 var modeMetrics = map[string][]metric{
 	"drain": {
@@ -35,7 +40,7 @@ var modeMetrics = map[string][]metric{
 		{key: "enqueue_jobs_per_s", label: "batch enqueue rows/s (before Start)", higherBetter: true},
 		{key: "seconds", label: "drain time, s", higherBetter: false},
 		{key: "first_job_ms", label: "Start to the first handler's start, ms", higherBetter: false},
-		{key: "wal_mb", label: "WAL written by the run (schema, enqueue, timed phase), MB", info: true},
+		walMetric,
 	},
 	"slots": {
 		{key: "efficiency", label: "slot efficiency (jobs/s ÷ (parallelism ÷ sleep))", higherBetter: true, primary: true},
@@ -43,13 +48,13 @@ var modeMetrics = map[string][]metric{
 		{key: "durable_jobs_per_s", label: "jobs/s (Start to all recorded finished in the DB)", higherBetter: true},
 		{key: "seconds", label: "drain time, s", higherBetter: false},
 		{key: "first_job_ms", label: "Start to the first handler's start, ms", higherBetter: false},
-		{key: "wal_mb", label: "WAL written by the run (schema, enqueue, timed phase), MB", info: true},
+		walMetric,
 	},
 	"steady": {
 		{key: "jobs_per_s", label: "completed jobs/s (after 1 s warm-up)", higherBetter: true, primary: true},
 		{key: "enqueue_jobs_per_s", label: "enqueued jobs/s (one job per call)", higherBetter: true},
 		{key: "backlog_at_end", label: "enqueued but not completed at the end", higherBetter: false},
-		{key: "wal_mb", label: "WAL written by the run (schema, enqueue, timed phase), MB", info: true},
+		walMetric,
 	},
 	"latency": {
 		{key: "p50_ms", label: "enqueue-to-start p50, ms", higherBetter: false, primary: true},
@@ -69,7 +74,7 @@ var modeMetrics = map[string][]metric{
 		{key: "jobs_per_s_backlog", label: "jobs/s with backlog", higherBetter: true, primary: true},
 		{key: "durable_ratio", label: "backlog ratio, durable jobs/s", higherBetter: true},
 		{key: "backlog_insert_rows_per_s", label: "future rows inserted/s", higherBetter: true},
-		{key: "wal_mb", label: "WAL written by the run (schema, enqueue, timed phase), MB", info: true},
+		walMetric,
 	},
 }
 

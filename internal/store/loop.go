@@ -285,9 +285,6 @@ type State struct {
 	ConfigVersion                                    time.Time // when config was last updated
 	NowSegment                                       int64
 	Now                                              time.Time
-	// MarkedRunning is true when this call moved run_status to running
-	// (the loop was woken by its timer rather than by a kick).
-	MarkedRunning bool
 	// RunStatus is run_status as the iteration holds it: running, or
 	// what it was if the call left it (scheduled saturated). Only its
 	// State, Segment and Saturated are set.
@@ -310,9 +307,8 @@ func (s *Store) LockStateOp(pool string, generation int64, statementTimeout time
 			&state, &st.RunStatus.Segment, &st.RunStatus.Saturated, &setting); err != nil {
 			return err
 		}
-		st.MarkedRunning = marked > 0
 		st.RunStatus.State = RunState(state)
-		if st.MarkedRunning {
+		if marked > 0 { // this call moved it to running
 			st.RunStatus = RunStatus{State: RunRunning}
 		}
 		return nil
