@@ -285,6 +285,10 @@ type Loop struct {
 		// pending is what the last iteration's re-check saw.
 		pending store.Pending
 	}
+	// checkStarts makes the start phase probe for work that is already
+	// running, once an iteration has found some (see store.StartWorkOp);
+	// the invariant broken once, it is not trusted again by this process.
+	checkStarts bool
 	// processes is the start phase's last count of the pool's started
 	// processes, and when it was taken (see ProcessCountMaxAge).
 	processes struct {
@@ -497,7 +501,7 @@ func (l *Loop) main(ctx context.Context, generation int64, c *carried) (Outcome,
 	defer conn.Close()
 	it := &iteration{carried: c, rescan: l.rescan.Swap(false)}
 	it.starts.Rows, it.deliver = l.startsBuf, l.deliverBuf
-	defer l.keepBuffers(it)
+	defer func() { l.keepBuffers(it) }()
 	if l.cfg.Local != nil {
 		// Results first: the slot of an attempt that ended meanwhile is
 		// then counted free by the reservation as well as by the start
@@ -509,6 +513,20 @@ func (l *Loop) main(ctx context.Context, generation int64, c *carried) (Outcome,
 		it.local = l.cfg.Local.Reserve(l.cfg.BatchSize)
 	}
 	report, err := l.iterate(ctx, conn, generation, it)
+	if err != nil && !l.checkStarts && store.IsRunningConflict(err) {
+		// Nothing committed: run the iteration again, checking starts,
+		// with what this one took.
+		l.cfg.Logger.Error(ctx, "loop: pending starts of work that is already running; checking every start from now on", "error", err)
+		l.checkStarts = true
+		if _, err := conn.ExecContext(context.WithoutCancel(ctx), "ROLLBACK"); err != nil {
+			return Outcome{}, l.abandon(it, fmt.Errorf("roll back: %w", err))
+		}
+		again := &iteration{carried: c, rescan: true, results: it.results, local: it.local}
+		again.starts.Rows, again.deliver = it.starts.Rows[:0], it.deliver[:0]
+		clear(it.starts.Rows)
+		it = again
+		report, err = l.iterate(ctx, conn, generation, it)
+	}
 	switch {
 	case err == nil && !it.out.Stale:
 		c.answer(nil)
@@ -519,16 +537,10 @@ func (l *Loop) main(ctx context.Context, generation int64, c *carried) (Outcome,
 		// Roll back whatever ran; a fresh context, as ctx may be why we
 		// are leaving.
 		_, _ = conn.ExecContext(context.WithoutCancel(ctx), "ROLLBACK")
-		if l.cfg.Local != nil {
-			l.cfg.Local.Unreserve(it.local)
-			if len(it.results) > 0 {
-				l.cfg.Local.ReturnResults(it.results)
-			}
-		}
-		l.cache.valid = false
 		if err != nil {
-			return Outcome{}, fmt.Errorf("pgworkpool: loop: %w", err)
+			return Outcome{}, l.abandon(it, err)
 		}
+		_ = l.abandon(it, nil)
 		return it.out, nil
 	}
 	if l.cfg.Local != nil {
@@ -545,6 +557,22 @@ func (l *Loop) main(ctx context.Context, generation int64, c *carried) (Outcome,
 		it.out.Report = report
 	}
 	return it.out, nil
+}
+
+// abandon gives back what an iteration that did not commit took from the
+// local workers, and forgets the cached state; it returns err wrapped.
+func (l *Loop) abandon(it *iteration, err error) error {
+	if l.cfg.Local != nil {
+		l.cfg.Local.Unreserve(it.local)
+		if len(it.results) > 0 {
+			l.cfg.Local.ReturnResults(it.results)
+		}
+	}
+	l.cache.valid = false
+	if err != nil {
+		return fmt.Errorf("pgworkpool: loop: %w", err)
+	}
+	return nil
 }
 
 // keepBuffers keeps an iteration's start slices for the next one, empty.
@@ -609,7 +637,7 @@ func (l *Loop) phases(st store.State, cached, recoveryIter bool, it *iteration) 
 	}
 	it.countedProcesses = local.Processes == 0
 	return append(ops,
-		s.StartWorkOp(pool, store.Range{From: from(st.StartCursor), To: math.MaxInt64}, l.cfg.BatchSize, local, &it.starts),
+		s.StartWorkOp(pool, store.Range{From: from(st.StartCursor), To: math.MaxInt64}, l.cfg.BatchSize, local, l.checkStarts, &it.starts),
 		// The re-check is a later statement than the try-lock, so its
 		// snapshot is taken after the lock was granted (see decide).
 		s.TryKickLockOp(l.keys.KickLock, &it.locked),
