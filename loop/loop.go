@@ -515,17 +515,17 @@ func (l *Loop) main(ctx context.Context, generation int64, c *carried) (Outcome,
 	report, err := l.iterate(ctx, conn, generation, it)
 	if err != nil && !l.checkStarts && store.IsRunningConflict(err) {
 		// Nothing committed: run the iteration again, checking starts,
-		// with what this one took.
+		// with what this one took. Should the rollback fail, the conflict
+		// takes the error path below.
 		l.cfg.Logger.Error(ctx, "loop: pending starts of work that is already running; checking every start from now on", "error", err)
 		l.checkStarts = true
-		if _, err := conn.ExecContext(context.WithoutCancel(ctx), "ROLLBACK"); err != nil {
-			return Outcome{}, l.abandon(it, fmt.Errorf("roll back: %w", err))
+		if _, rbErr := conn.ExecContext(context.WithoutCancel(ctx), "ROLLBACK"); rbErr == nil {
+			again := &iteration{carried: c, rescan: true, results: it.results, local: it.local}
+			again.starts.Rows, again.deliver = it.starts.Rows[:0], it.deliver[:0]
+			clear(it.starts.Rows)
+			it = again
+			report, err = l.iterate(ctx, conn, generation, it)
 		}
-		again := &iteration{carried: c, rescan: true, results: it.results, local: it.local}
-		again.starts.Rows, again.deliver = it.starts.Rows[:0], it.deliver[:0]
-		clear(it.starts.Rows)
-		it = again
-		report, err = l.iterate(ctx, conn, generation, it)
 	}
 	switch {
 	case err == nil && !it.out.Stale:
@@ -537,10 +537,16 @@ func (l *Loop) main(ctx context.Context, generation int64, c *carried) (Outcome,
 		// Roll back whatever ran; a fresh context, as ctx may be why we
 		// are leaving.
 		_, _ = conn.ExecContext(context.WithoutCancel(ctx), "ROLLBACK")
-		if err != nil {
-			return Outcome{}, l.abandon(it, err)
+		if l.cfg.Local != nil {
+			l.cfg.Local.Unreserve(it.local)
+			if len(it.results) > 0 {
+				l.cfg.Local.ReturnResults(it.results)
+			}
 		}
-		_ = l.abandon(it, nil)
+		l.cache.valid = false
+		if err != nil {
+			return Outcome{}, fmt.Errorf("pgworkpool: loop: %w", err)
+		}
 		return it.out, nil
 	}
 	if l.cfg.Local != nil {
@@ -557,22 +563,6 @@ func (l *Loop) main(ctx context.Context, generation int64, c *carried) (Outcome,
 		it.out.Report = report
 	}
 	return it.out, nil
-}
-
-// abandon gives back what an iteration that did not commit took from the
-// local workers, and forgets the cached state; it returns err wrapped.
-func (l *Loop) abandon(it *iteration, err error) error {
-	if l.cfg.Local != nil {
-		l.cfg.Local.Unreserve(it.local)
-		if len(it.results) > 0 {
-			l.cfg.Local.ReturnResults(it.results)
-		}
-	}
-	l.cache.valid = false
-	if err != nil {
-		return fmt.Errorf("pgworkpool: loop: %w", err)
-	}
-	return nil
 }
 
 // keepBuffers keeps an iteration's start slices for the next one, empty.
