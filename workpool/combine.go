@@ -2,8 +2,10 @@ package workpool
 
 import (
 	"context"
+	"runtime"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/pgworkpool/pgworkpool/internal/store"
 )
@@ -22,6 +24,13 @@ import (
 // exactly as without combining, so a lone producer waits for nothing.
 // Every call returns only after its own rows committed (or failed), with
 // its own IDs.
+//
+// Producers that enqueue in a loop come back as soon as their commit
+// returns, but the next group was already on its way without them: eight
+// producers formed two groups of four that took turns, each producer
+// waiting for two commits per item. So after a shared commit the next one
+// waits, for at most regroupWait, until as many calls have queued as that
+// commit released (see regroup): the groups become one.
 
 // enqueueCall is one Enqueue (or EnqueueBatch) call on its way to the
 // database.
@@ -72,11 +81,25 @@ func (c *sharedCommit) leave() {
 // 7,151/7,024 (without gathering: 5,622/5,497, 6,171/6,096, 6,052/5,915).
 const maxCommitsInFlight = 1
 
+// regroupWait bounds how long a shared commit waits for the callers of
+// the commit before it to queue again (see regroup). In the steady
+// benchmark (eight producers, one item per call) groups went from about
+// four items to eight and throughput rose by a quarter to a third: jobs/s
+// without the wait 8,881 and 8,554; with 50 µs 10,967 and 10,882; 100 µs
+// 10,789 and 11,928; 200 µs 11,127 and 11,883; 400 µs 11,800 and 11,519.
+// The shortest wait that did as well as the longer ones is taken: it is
+// spent in full only when those callers do not come back, as when each
+// call comes from a different request.
+const regroupWait = 100 * time.Microsecond
+
 // combiner queues calls while maxCommitsInFlight commits are in flight.
 type combiner struct {
 	// write writes calls in one transaction and sets their outcomes; it
 	// does not close done.
 	write func(ctx context.Context, calls []*enqueueCall)
+	// regroupWait is regroupWait; tests lengthen it, so that scheduling
+	// on a slow machine cannot split the groups they count.
+	regroupWait time.Duration
 
 	mu       sync.Mutex
 	inFlight int
@@ -130,11 +153,14 @@ func (c *combiner) handOff() {
 		c.inFlight--
 		return
 	}
-	go c.drain()
+	go c.drain(1)
 }
 
-func (c *combiner) drain() {
+// drain commits the queued calls group by group until the queue is empty;
+// released is how many calls the commit before the first group released.
+func (c *combiner) drain(released int) {
 	for {
+		c.regroup(released)
 		c.mu.Lock()
 		calls := c.queue
 		c.queue = nil
@@ -157,6 +183,7 @@ func (c *combiner) drain() {
 				shared.waiting.Add(-1)
 			}
 		}
+		released = len(taken)
 		if len(taken) > 0 {
 			c.write(ctx, taken)
 			for _, call := range taken {
@@ -164,5 +191,26 @@ func (c *combiner) drain() {
 			}
 		}
 		cancel()
+	}
+}
+
+// regroup waits, for at most c.regroupWait, until at least released calls
+// are queued: those of the commit that just ended, if their callers
+// enqueue again at once. It yields the processor rather than sleep, as
+// the wait is far shorter than a timer's resolution on an idle process
+// (a millisecond), and so that those callers run meanwhile.
+func (c *combiner) regroup(released int) {
+	if released <= 0 || c.regroupWait <= 0 {
+		return
+	}
+	deadline := time.Now().Add(c.regroupWait)
+	for {
+		c.mu.Lock()
+		queued := len(c.queue)
+		c.mu.Unlock()
+		if queued >= released || time.Now().After(deadline) {
+			return
+		}
+		runtime.Gosched()
 	}
 }

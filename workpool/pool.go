@@ -83,7 +83,7 @@ func New(db *bun.DB, cfg Config) (*Pool, error) {
 		origin:      strconv.FormatUint(rand.Uint64(), 10),
 	}
 	p.keys = store.KeysFor(cfg.Schema, cfg.Name)
-	p.enqueues.write = p.writeEnqueues
+	p.enqueues.write, p.enqueues.regroupWait = p.writeEnqueues, regroupWait
 	level := cfg.LogLevel
 	if level == 0 {
 		level = LogReport
