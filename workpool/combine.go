@@ -92,6 +92,13 @@ const maxCommitsInFlight = 1
 // call comes from a different request.
 const regroupWait = 100 * time.Microsecond
 
+// regroupBackoff is how many groups leave without waiting after a wait
+// that ran out: callers that did not come back once (each call from a
+// different request, say) will mostly not come back next time either,
+// and every wait spent in full would add its 100 µs to the queued calls
+// and spin a processor for as long.
+const regroupBackoff = 8
+
 // combiner queues calls while maxCommitsInFlight commits are in flight.
 type combiner struct {
 	// write writes calls in one transaction and sets their outcomes; it
@@ -101,9 +108,12 @@ type combiner struct {
 	// on a slow machine cannot split the groups they count.
 	regroupWait time.Duration
 
-	mu       sync.Mutex
-	inFlight int
-	queue    []*enqueueCall
+	mu sync.Mutex
+	// noRegroup counts the groups left to go without waiting (see
+	// regroupBackoff).
+	noRegroup int
+	inFlight  int
+	queue     []*enqueueCall
 }
 
 // do returns true once call's outcome is set, or false if ctx ended first,
@@ -198,17 +208,31 @@ func (c *combiner) drain(released int) {
 // are queued: those of the commit that just ended, if their callers
 // enqueue again at once. It yields the processor rather than sleep, as
 // the wait is far shorter than a timer's resolution on an idle process
-// (a millisecond), and so that those callers run meanwhile.
+// (a millisecond), and so that those callers run meanwhile. A wait that
+// runs out spares the next regroupBackoff groups the wait.
 func (c *combiner) regroup(released int) {
 	if released <= 0 || c.regroupWait <= 0 {
+		return
+	}
+	c.mu.Lock()
+	skip := c.noRegroup > 0
+	if skip {
+		c.noRegroup--
+	}
+	c.mu.Unlock()
+	if skip {
 		return
 	}
 	deadline := time.Now().Add(c.regroupWait)
 	for {
 		c.mu.Lock()
 		queued := len(c.queue)
+		expired := queued < released && time.Now().After(deadline)
+		if expired {
+			c.noRegroup = regroupBackoff
+		}
 		c.mu.Unlock()
-		if queued >= released || time.Now().After(deadline) {
+		if queued >= released || expired {
 			return
 		}
 		runtime.Gosched()

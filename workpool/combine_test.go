@@ -83,3 +83,24 @@ func (c *combiner) queued() int {
 	defer c.mu.Unlock()
 	return len(c.queue)
 }
+
+// TestCombinerRegroupWaitRunsOutAndBacksOff: the wait ends as soon as
+// enough calls are queued; one that runs out instead spares the next
+// regroupBackoff groups the wait, which would otherwise add its time to
+// every group when callers do not come back.
+func TestCombinerRegroupWaitRunsOutAndBacksOff(t *testing.T) {
+	t.Parallel()
+	c := &combiner{regroupWait: time.Hour}
+	c.queue = []*enqueueCall{{}, {}}
+	c.regroup(2) // would not return for an hour if it waited regardless
+	assert.Zero(t, c.noRegroup, "a wait that was answered does not back off")
+
+	c.queue, c.regroupWait = nil, time.Millisecond
+	c.regroup(2)
+	require.Equal(t, regroupBackoff, c.noRegroup, "a wait that ran out backs off")
+	c.regroupWait = time.Hour // from here, a group that waited would hang the test
+	for left := regroupBackoff - 1; left >= 0; left-- {
+		c.regroup(2)
+		assert.Equal(t, left, c.noRegroup)
+	}
+}

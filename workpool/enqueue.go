@@ -227,7 +227,10 @@ func (p *Pool) applyOptions(fn *funcInfo, o *enqueueOptions, w *store.NewWork) e
 // Calls made while a commit of this Pool's enqueues is in flight wait for
 // it to end and then commit together, in one transaction: with
 // many producers, that costs the database one commit per group rather than
-// one per item. If ctx ends while the call waits, nothing is written; if
+// one per item. Such a group waits up to 100 µs for the callers of the
+// commit before it to come back, as producers in a loop do, so that they
+// all share one commit instead of taking turns in two; a call that finds
+// no commit in flight never waits. If ctx ends while the call waits, nothing is written; if
 // it ends during the commit, as during any statement, the item may or may
 // not be stored.
 //
