@@ -214,27 +214,20 @@ func (c *combiner) regroup(released int) {
 	if released <= 0 || c.regroupWait <= 0 {
 		return
 	}
+	deadline := time.Now().Add(c.regroupWait)
 	c.mu.Lock()
-	skip := c.noRegroup > 0
-	if skip {
+	defer c.mu.Unlock()
+	if c.noRegroup > 0 {
 		c.noRegroup--
-	}
-	c.mu.Unlock()
-	if skip {
 		return
 	}
-	deadline := time.Now().Add(c.regroupWait)
-	for {
-		c.mu.Lock()
-		queued := len(c.queue)
-		expired := queued < released && time.Now().After(deadline)
-		if expired {
+	for len(c.queue) < released {
+		if time.Now().After(deadline) {
 			c.noRegroup = regroupBackoff
-		}
-		c.mu.Unlock()
-		if queued >= released || expired {
 			return
 		}
+		c.mu.Unlock()
 		runtime.Gosched()
+		c.mu.Lock()
 	}
 }

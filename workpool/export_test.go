@@ -4,11 +4,7 @@ import "context"
 
 // QueuedEnqueues reports how many Enqueue calls of p wait for a commit in
 // flight to end, so that tests can hold calls in the queue.
-func QueuedEnqueues(p *Pool) int {
-	p.enqueues.mu.Lock()
-	defer p.enqueues.mu.Unlock()
-	return len(p.enqueues.queue)
-}
+func QueuedEnqueues(p *Pool) int { return p.enqueues.queued() }
 
 // MaxCommitsInFlight is maxCommitsInFlight, for tests.
 const MaxCommitsInFlight = maxCommitsInFlight
