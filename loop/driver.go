@@ -130,7 +130,8 @@ func (d *Driver) Leader() bool { return d.leader.Load() }
 // ones); tests use it to see which process leads.
 func (d *Driver) Iterations() int64 { return d.iterations.Load() }
 
-// Kick asks the driver to run an iteration soon, with every phase.
+// Kick asks the driver to run an iteration soon, with every phase (unless
+// the pool is busy, see Loop.fastPath).
 // Producers in this process call it after their own commit to skip the
 // NOTIFY round trip; it is a no-op unless this process leads.
 func (d *Driver) Kick() {
@@ -433,7 +434,7 @@ func (d *Driver) iterateUntilQuiet(ctx context.Context, generation int64, c *car
 		// canceled client leaves its statement running on the server with
 		// the iteration's locks. Only the timeout applies.
 		ictx, cancel := context.WithTimeout(context.WithoutCancel(ctx), d.cfg.IterationTimeout)
-		out, err := lp.main(ictx, generation, c)
+		out, err := lp.main(ictx, generation, c, true)
 		c = nil
 		cancel()
 		d.iterations.Add(1)

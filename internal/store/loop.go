@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
@@ -46,8 +47,15 @@ SELECT st.generation, st.start_cursor, st.completion_cursor, st.cancelation_curs
        {now}, statement_timestamp(), (SELECT count(*) FROM rs),
        COALESCE((SELECT state FROM cur), ''), COALESCE((SELECT segment FROM cur), 0),
        COALESCE((SELECT saturated FROM cur), false),
-       set_config('statement_timeout', $3, true) || `+planSettings+`
+       set_config('statement_timeout', $3, true) || `+planSettings+`,
+       CASE WHEN $4 AND st.generation <> $2 THEN (`+staleGeneration+` || st.generation)::int ELSE 0 END
   FROM st`)
+
+	// bumpGeneration is the part of saveState that an iteration committing
+	// in its first round trip cannot leave out (see loop.fastPath). The
+	// state lock taken before it in the transaction checked the generation.
+	register("bumpGeneration", `
+UPDATE {s}.internal_state SET generation = generation + 1 WHERE pool = $1 AND generation = $2`)
 
 	// No statement here joins two CTEs: the planner estimates a
 	// data-modifying CTE at one row and would join two of them with a nested
@@ -64,7 +72,7 @@ WITH pc AS (
          WHERE pool = $1 AND segment >= $2 AND segment <= $3
          ORDER BY segment LIMIT $4))
     RETURNING work_id, attempt, status, error, retry, run_ms, segment
-), `+freeSlots("SELECT work_id FROM pc")+`, c AS (
+), `+freeSlots("SELECT work_id FROM pc", "")+`, c AS (
     SELECT pc.*, NULL::text AS fn_name, NULL::text AS label, false AS marker FROM pc
     UNION ALL
     SELECT work_id, 0, '', NULL, false, NULL, 0, fn_name, label, true FROM rn
@@ -256,11 +264,16 @@ func startWork(checked bool) string {
     UPDATE {s}.internal_state SET running_count = running_count + (SELECT count(*) FROM ins) WHERE pool = $1
     RETURNING running_count
 ), hb AS (` + beatWorker("$1", "$5", "$11", "$12", "$8 AND EXISTS (SELECT 1 FROM pick WHERE mine)") + `
+), sig AS (
+    -- Work left for other processes' claimers: tell them at commit. It is
+    -- sent here rather than with the state, which an iteration that
+    -- commits in its first round trip does not write.
+    SELECT count(*) AS n FROM (SELECT pg_notify($13, $14) FROM pick WHERE NOT mine LIMIT 1) x
 )
 SELECT pick.work_id, pick.segment, pick.fn_name, pick.label, pick.attempt, pick.timeout_ms, pick.mine,
        COALESCE(w.args::text, ''), COALESCE(w.on_complete IS NOT NULL, false),
        (SELECT count(*) FROM ins), (SELECT running_count FROM rc), (SELECT n FROM lim), statement_timestamp(),
-       CASE WHEN pick.mine THEN (SELECT n FROM procs) ELSE 0 END
+       CASE WHEN pick.mine THEN (SELECT n FROM procs) ELSE 0 END, (SELECT n FROM sig)
   FROM pick LEFT JOIN LATERAL (SELECT args, on_complete FROM {s}.work WHERE id = pick.work_id AND pick.mine LIMIT 1) w ON true`
 }
 
@@ -271,7 +284,10 @@ SELECT pick.work_id, pick.segment, pick.fn_name, pick.label, pick.attempt, pick.
 // the cost follows the ids, never the dead rows and index entries the
 // table gathers between vacuums (see PlanSettings); the pool is checked
 // after the probe so that its index is not chosen instead.
-func freeSlots(query string) string {
+//
+// counters, if set, are more assignments for rc's update of internal_state
+// (the report counters of the slots freed).
+func freeSlots(query, counters string) string {
 	return `rn AS (
     DELETE FROM {s}.running r WHERE r.ctid = ANY(ARRAY(
         SELECT x.ctid FROM (` + query + `) i CROSS JOIN LATERAL (
@@ -279,7 +295,7 @@ func freeSlots(query string) string {
          WHERE x.pool = $1))
     RETURNING r.work_id, r.fn_name, r.label
 ), rc AS (
-    UPDATE {s}.internal_state SET running_count = running_count - (SELECT count(*) FROM rn) WHERE pool = $1
+    UPDATE {s}.internal_state SET running_count = running_count - (SELECT count(*) FROM rn)` + counters + ` WHERE pool = $1
 )`
 }
 
@@ -312,16 +328,21 @@ type State struct {
 // server-side statement timeout for the rest of the transaction, so an
 // iteration abandoned by its client cannot hold locks on, and makes the
 // transaction plan as PlanSettings says.
-func (s *Store) LockStateOp(pool string, generation int64, statementTimeout time.Duration, st *State) Op {
+//
+// With abortIfStale, a generation other than generation fails the
+// statement (see IsStaleGeneration), and so the transaction, rather than
+// being returned: an iteration that commits in its first round trip
+// cannot look at it before the statements after it run.
+func (s *Store) LockStateOp(pool string, generation int64, statementTimeout time.Duration, abortIfStale bool, st *State) Op {
 	return s.op("lockState", func(r Row) error {
-		var marked int64
+		var marked, stale int64
 		var setting, state string
 		st.Found = true
 		if err := r.Scan(&st.Generation, &st.StartCursor, &st.CompletionCursor, &st.CancelationCursor, &st.LastRecovery,
 			&st.LastActivity, &st.RunningCount, &st.Counters.Completed, &st.Counters.Succeeded, &st.Counters.Failed,
 			&st.Counters.Retries, &st.Counters.Canceled, &st.Counters.Since, &st.MaxParallelism, &st.LogLevel,
 			&st.ConfigVersion, &st.NowSegment, &st.Now, &marked,
-			&state, &st.RunStatus.Segment, &st.RunStatus.Saturated, &setting); err != nil {
+			&state, &st.RunStatus.Segment, &st.RunStatus.Saturated, &setting, &stale); err != nil {
 			return err
 		}
 		st.RunStatus.State = RunState(state)
@@ -329,7 +350,26 @@ func (s *Store) LockStateOp(pool string, generation int64, statementTimeout time
 			st.RunStatus = RunStatus{State: RunRunning}
 		}
 		return nil
-	}, pool, generation, fmt.Sprintf("%dms", statementTimeout.Milliseconds()))
+	}, pool, generation, fmt.Sprintf("%dms", statementTimeout.Milliseconds()), abortIfStale)
+}
+
+// staleGeneration starts the text that lockState fails to read as an
+// integer when it aborts a stale iteration: a cast is the one way a plain
+// SQL statement can raise an error of its choosing, and the text says why
+// in the server's log.
+const staleGeneration = `'pgworkpool: stale loop generation, current '`
+
+// IsStaleGeneration reports whether err is lockState aborting a stale
+// iteration (see LockStateOp).
+func IsStaleGeneration(err error) bool {
+	var pe *pgconn.PgError
+	return errors.As(err, &pe) && pe.Code == "22P02" && strings.Contains(pe.Message, "stale loop generation") // invalid_text_representation
+}
+
+// BumpGenerationOp moves the generation on, as SaveStateOp does, for an
+// iteration that writes no other state.
+func (s *Store) BumpGenerationOp(pool string, generation int64) Op {
+	return s.op("bumpGeneration", nil, pool, generation)
 }
 
 // Range is an inclusive segment range of a pending table to scan.
@@ -488,6 +528,8 @@ type Starts struct {
 	// Processes is the count of the pool's started processes that divided
 	// the batch (zero when no row was claimed for the local worker).
 	Processes int
+	// Notified is 1 when the statement sent SignalStart.
+	Notified int
 }
 
 // LocalClaim asks StartWorkOp to claim rows for a worker of this process.
@@ -508,8 +550,9 @@ type LocalClaim struct {
 // StartWorkOp moves up to limit due pending_start rows in r into running
 // (fewer if the pool's limit says so) and claims some for the local worker.
 // Unless checked, work that is already running fails the statement (see
-// IsRunningConflict) rather than being left out.
-func (s *Store) StartWorkOp(pool string, r Range, limit int, local LocalClaim, checked bool, out *Starts) Op {
+// IsRunningConflict) rather than being left out. When it leaves rows for
+// other claimers it sends SignalStart on channel, at commit.
+func (s *Store) StartWorkOp(pool string, r Range, limit int, local LocalClaim, checked bool, channel string, out *Starts) Op {
 	if local.Fns == nil {
 		local.Fns = []string{}
 	}
@@ -517,7 +560,7 @@ func (s *Store) StartWorkOp(pool string, r Range, limit int, local LocalClaim, c
 	var timeoutMs int64
 	var procs int // the same in every row that has it
 	dest := []any{&st.WorkID, &st.Segment, &st.Fn, &st.Label, &st.Attempt, &timeoutMs, &st.Mine, &st.Args,
-		&st.HasOnComplete, &out.Inserted, &out.Running, &out.Limit, &out.StartedAt, &procs}
+		&st.HasOnComplete, &out.Inserted, &out.Running, &out.Limit, &out.StartedAt, &procs, &out.Notified}
 	name := "startWork"
 	if checked {
 		name = "startWorkChecked"
@@ -532,7 +575,7 @@ func (s *Store) StartWorkOp(pool string, r Range, limit int, local LocalClaim, c
 		out.Rows = append(out.Rows, st)
 		return nil
 	}, pool, r.From, r.To, limit, local.Worker.ID, local.Fns, local.Slots, local.Heartbeat, local.Listeners, local.Processes,
-		local.Worker.Host, local.Worker.PID)
+		local.Worker.Host, local.Worker.PID, channel, string(SignalStart))
 }
 
 // IsRunningConflict reports whether err is the plain start statement

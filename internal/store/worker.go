@@ -160,7 +160,11 @@ SELECT f.id, f.attempts, f.status, f.retry, COALESCE(f.on_complete, ''), COALESC
 	register("recordLocalResults", recordFenced("r.status = 'failed'")+`, pc AS (
     INSERT INTO {s}.pending_completion (pool, segment, work_id, attempt, status, error, retry, run_ms)
     SELECT $1, {now}, id, attempt, status, error, retry, run_ms FROM fenced WHERE retry
-), `+freeSlots("SELECT id AS work_id FROM fenced WHERE NOT retry")+`
+), `+freeSlots("SELECT id AS work_id FROM fenced WHERE NOT retry", `,
+           report_completed = report_completed + (SELECT count(*) FROM rn),
+           report_succeeded = report_succeeded + (SELECT count(*) FROM fenced WHERE NOT retry AND status = 'success'),
+           report_failed = report_failed + (SELECT count(*) FROM fenced WHERE NOT retry AND status = 'failed'),
+           report_canceled = report_canceled + (SELECT count(*) FROM fenced WHERE NOT retry AND status = 'canceled')`)+`
 SELECT f.id, f.attempts, f.status, f.retry, COALESCE(f.on_complete, ''), COALESCE(f.ctx::text, ''),
        f.attempt, COALESCE(f.error, ''), COALESCE(f.run_ms, -1), NULL::text, NULL::text, false
   FROM fenced f
