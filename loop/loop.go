@@ -465,9 +465,6 @@ type iteration struct {
 	// fast: the first round trip committed (see fastPath); fastOK: the
 	// caller allows it.
 	fast, fastOK bool
-	// unclaimed: rows claimed for this process were given back to the
-	// claimers, which the start statement did not signal.
-	unclaimed bool
 }
 
 func (it *iteration) signal(b byte) {
@@ -477,24 +474,16 @@ func (it *iteration) signal(b byte) {
 	it.signals[b] = true
 }
 
-func (it *iteration) payload() string {
+// payload returns the signals as one notification's letters, less sent
+// (0: none), which a statement of the iteration already sent.
+func (it *iteration) payload(sent byte) string {
 	var b strings.Builder
 	for _, s := range []byte{store.SignalStart, store.SignalCancel, store.SignalFinish} {
-		if it.signals[s] {
+		if it.signals[s] && s != sent {
 			b.WriteByte(s)
 		}
 	}
 	return b.String()
-}
-
-// notifyPayload is the part of payload that the state save must send:
-// the start statement sent SignalStart itself if it left work for others.
-func (it *iteration) notifyPayload() string {
-	p := it.payload()
-	if it.starts.Notified > 0 && !it.unclaimed {
-		p = strings.ReplaceAll(p, string(store.SignalStart), "")
-	}
-	return p
 }
 
 // Main runs one iteration as one transaction; see the package doc. It runs
@@ -831,7 +820,7 @@ func (l *Loop) iterate(ctx context.Context, conn *sql.Conn, generation int64, it
 	} else {
 		l.decide(it, worked)
 	}
-	o.Signals, o.Fast = it.payload(), it.fast
+	o.Signals, o.Fast = it.payload(0), it.fast
 	if it.fast {
 		if len(it.final) > 0 {
 			// The run status that decide would write must commit with a
@@ -843,12 +832,18 @@ func (l *Loop) iterate(ctx context.Context, conn *sql.Conn, generation int64, it
 		}
 		return nil, nil
 	}
+	// A SignalStart the start statement sent wakes every claimer, which
+	// then claims any unclaimed row, those given back by UnclaimOp too.
+	startSent := byte(0)
+	if it.starts.Notified > 0 {
+		startSent = store.SignalStart
+	}
 	last := append(it.final, s.SaveStateOp(pool, store.SavedState{
 		Generation:  o.Generation,
 		StartCursor: it.cursors.start, CompletionCursor: it.cursors.completion, CancelationCursor: it.cursors.cancelation,
 		LastRecovery: it.lastRecovery, LastActivity: it.lastActivity,
 		Counters: it.counters,
-	}, l.keys.Channel, it.notifyPayload()), store.Raw("COMMIT"))
+	}, l.keys.Channel, it.payload(startSent)), store.Raw("COMMIT"))
 	it.committing = true
 	if err := store.Pipeline(ctx, conn, last...); err != nil {
 		return nil, err
@@ -984,7 +979,7 @@ func (l *Loop) starts(ctx context.Context, it *iteration) {
 		log.Error(ctx, "loop: pending starts of work that is already running were dropped", "count", len(rows)-st.Inserted)
 		if len(mine) > 0 {
 			it.final = append(it.final, l.cfg.Store.UnclaimOp(mine, it.local.Worker.ID, st.StartedAt))
-			it.deliver, remote, it.unclaimed = nil, true, true
+			it.deliver, remote = nil, true
 		}
 	}
 	if remote {

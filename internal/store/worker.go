@@ -156,15 +156,22 @@ SELECT f.id, f.attempts, f.status, f.retry, COALESCE(f.on_complete, ''), COALESC
 	// (the two CTEs are not joined; see takeCompletions). No kick lock: the
 	// loop re-checks in its own transaction, which sees these rows.
 	// Its results run no onComplete (see RecordLocalResultsOp), so only a
-	// failure, which may retry, can end by an update.
+	// failure, which may retry, can end by an update. It adds the ended
+	// results to the report counters itself, for an iteration that writes
+	// no state (see loop.fastPath).
 	register("recordLocalResults", recordFenced("r.status = 'failed'")+`, pc AS (
     INSERT INTO {s}.pending_completion (pool, segment, work_id, attempt, status, error, retry, run_ms)
     SELECT $1, {now}, id, attempt, status, error, retry, run_ms FROM fenced WHERE retry
+), ended AS (
+    SELECT count(*) FILTER (WHERE status = 'success') AS succeeded,
+           count(*) FILTER (WHERE status = 'failed') AS failed,
+           count(*) FILTER (WHERE status = 'canceled') AS canceled
+      FROM fenced WHERE NOT retry
 ), `+freeSlots("SELECT id AS work_id FROM fenced WHERE NOT retry", `,
            report_completed = report_completed + (SELECT count(*) FROM rn),
-           report_succeeded = report_succeeded + (SELECT count(*) FROM fenced WHERE NOT retry AND status = 'success'),
-           report_failed = report_failed + (SELECT count(*) FROM fenced WHERE NOT retry AND status = 'failed'),
-           report_canceled = report_canceled + (SELECT count(*) FROM fenced WHERE NOT retry AND status = 'canceled')`)+`
+           report_succeeded = report_succeeded + (SELECT succeeded FROM ended),
+           report_failed = report_failed + (SELECT failed FROM ended),
+           report_canceled = report_canceled + (SELECT canceled FROM ended)`)+`
 SELECT f.id, f.attempts, f.status, f.retry, COALESCE(f.on_complete, ''), COALESCE(f.ctx::text, ''),
        f.attempt, COALESCE(f.error, ''), COALESCE(f.run_ms, -1), NULL::text, NULL::text, false
   FROM fenced f
