@@ -3,6 +3,7 @@ package loop_test
 import (
 	"context"
 	"database/sql"
+	"fmt"
 	"testing"
 	"time"
 
@@ -58,9 +59,9 @@ func TestLocalResults(t *testing.T) {
 	h.running(stale, 1, nil)
 
 	src := &resultSource{results: []store.Result{
-		{WorkID: success, Attempt: 0, Status: "success", Value: `"ok"`, RunMs: 7},
-		{WorkID: retry, Attempt: 0, Status: "failed", Error: "boom", RunMs: 3},
-		{WorkID: final, Attempt: 0, Status: "failed", Error: "bad input", NonRetryable: true, RunMs: 4},
+		{WorkID: success, Attempt: 0, Status: "success", Value: `"ok"`, RunMs: 7, Fn: "fn", Label: "first"},
+		{WorkID: retry, Attempt: 0, Status: "failed", Error: "boom", RunMs: 3, Fn: "fn"},
+		{WorkID: final, Attempt: 0, Status: "failed", Error: "bad input", NonRetryable: true, RunMs: 4, Fn: "fn", Label: "last"},
 		{WorkID: stale, Attempt: 0, Status: "success", RunMs: 1}, // an attempt that recovery already replaced
 	}}
 	h.loop.SetLocal(src)
@@ -86,6 +87,12 @@ func TestLocalResults(t *testing.T) {
 	assert.Equal(t, composite{Work: true, Attempts: 1, Running: 1}, h.observe(stale), "untouched")
 	assert.Zero(t, h.scalar("SELECT count(*) FROM {s}.pending_completion"))
 	h.checkRunningCount()
+
+	// The slots freed are matched to the results sent, which name the
+	// function and label of each completion event.
+	logs := h.logs.String()
+	assert.Contains(t, logs, fmt.Sprintf("work_id=%d fn=fn label=first status=success attempts=1", success))
+	assert.Contains(t, logs, fmt.Sprintf("work_id=%d fn=fn label=last status=failed attempts=1", final))
 
 	c := h.counters()
 	assert.Equal(t, int64(3), c.Completed)

@@ -539,7 +539,7 @@ func (r *running) handlerLoop() {
 func (r *running) execute(a *attempt) bool {
 	defer a.cancel(nil)
 	p, c, ctx := r.p, a.claim, a.ctx
-	res := store.Result{WorkID: c.WorkID, Attempt: c.Attempt, OnComplete: c.HasOnComplete}
+	res := store.Result{WorkID: c.WorkID, Attempt: c.Attempt, OnComplete: c.HasOnComplete, Fn: c.Fn, Label: c.Label}
 	switch fn := p.lookupFunc(c.Fn); {
 	case c.WorkMissing:
 		p.log.Error(ctx, "worker: claimed work has no work row", "work_id", c.WorkID)
@@ -605,7 +605,7 @@ func (r *running) abandon(a *attempt) {
 	r.p.log.Warn(a.ctx, "worker: handler ignored its deadline; reporting a timeout and leaving it running",
 		"work_id", c.WorkID, "fn", c.Fn)
 	go r.handlerLoop()
-	r.done(a, &store.Result{WorkID: c.WorkID, Attempt: c.Attempt, OnComplete: c.HasOnComplete,
+	r.done(a, &store.Result{WorkID: c.WorkID, Attempt: c.Attempt, OnComplete: c.HasOnComplete, Fn: c.Fn, Label: c.Label,
 		Status: "failed", Error: recovery.ReasonTimedOut, RunMs: (c.Timeout + abandonGrace).Milliseconds()}, false)
 }
 

@@ -25,3 +25,22 @@ func TestParseNotification(t *testing.T) {
 		assert.Equal(t, c.signals, signals, c.payload)
 	}
 }
+
+func TestEachID(t *testing.T) {
+	for _, c := range []struct {
+		list string
+		want []int64
+		bad  bool
+	}{
+		{"", nil, false},
+		{"7", []int64{7}, false},
+		{"1,22,333", []int64{1, 22, 333}, false},
+		{"1,,2", []int64{1}, true},
+		{"1,x", []int64{1}, true},
+	} {
+		var got []int64
+		err := eachID(c.list, func(id int64) error { got = append(got, id); return nil })
+		assert.Equal(t, c.bad, err != nil, c.list)
+		assert.Equal(t, c.want, got, c.list)
+	}
+}
