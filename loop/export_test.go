@@ -10,3 +10,13 @@ func (d *Driver) Gathers(out Outcome) bool { return d.gathers(out) }
 func (l *Loop) MainFast(ctx context.Context, generation int64) (Outcome, error) {
 	return l.main(ctx, generation, nil, true)
 }
+
+// RunKicked runs on the calling goroutine, as the leader, the iterations
+// that the driver's goroutine runs when woken, and reports whether a kick
+// is left waiting for it afterwards.
+func (d *Driver) RunKicked(ctx context.Context) (kickLeft bool) {
+	d.leader.Store(true)
+	defer d.leader.Store(false)
+	d.iterateUntilQuiet(ctx, -1, nil)
+	return len(d.kickCh) > 0
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
+	"log/slog"
 	"testing"
 	"time"
 
@@ -12,6 +13,7 @@ import (
 
 	"github.com/pgworkpool/pgworkpool/internal/store"
 	"github.com/pgworkpool/pgworkpool/loop"
+	"github.com/pgworkpool/pgworkpool/stats"
 )
 
 // resultSource is a loop.LocalWorkers with no slots that hands the loop a
@@ -118,6 +120,27 @@ func TestResultsArrivingKeepTheLoopRunning(t *testing.T) {
 	src.arriving = false
 	assert.Equal(t, loop.NextIdle, h.main().Next)
 	assert.Equal(t, store.RunIdle, h.runStatus().State)
+}
+
+// TestKickAnsweredByTheIterationAfterIt: a kick that came before an
+// iteration began is answered by that iteration, which takes the results
+// that caused it, and does not wake another one with nothing to do.
+func TestKickAnsweredByTheIterationAfterIt(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, harnessOpts{})
+	h.recoveredNow()
+	id := h.work(workOpts{})
+	h.running(id, 0, nil)
+	src := &resultSource{results: []store.Result{{WorkID: id, Status: "success"}}}
+	h.loop.SetLocal(src)
+	logger := stats.NewLogger(slog.New(slog.NewTextHandler(h.logs, nil)), pool, stats.LevelWarn)
+	d := loop.NewDriver(loop.DriverConfig{Loop: h.loop, Logger: logger})
+	d.KickForResults()
+
+	assert.False(t, d.RunKicked(h.ctx), "the kick was answered")
+	require.Len(t, src.recorded, 1)
+	assert.Equal(t, id, src.recorded[0].WorkID)
+	assert.Equal(t, composite{}, h.observe(id))
 }
 
 // slotSource is a loop.LocalWorkers with free slots for the function "fn"
