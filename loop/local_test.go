@@ -104,6 +104,48 @@ func TestLocalResults(t *testing.T) {
 	assert.NotContains(t, h.logs.String(), "level=ERROR")
 }
 
+// TestLocalSuccesses: a batch of successes only, as a busy pool records,
+// takes the leaner statement, with the same fence, slots, counters and
+// events as TestLocalResults.
+func TestLocalSuccesses(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, harnessOpts{})
+	h.recoveredNow()
+	first := h.work(workOpts{})
+	h.running(first, 0, nil)
+	second := h.work(workOpts{attempts: 1, maxAttempts: 3})
+	h.running(second, 1, nil)
+	stale := h.work(workOpts{attempts: 1, maxAttempts: 3})
+	h.running(stale, 1, nil)
+
+	src := &resultSource{results: []store.Result{
+		{WorkID: first, Attempt: 0, Status: "success", RunMs: 7, Fn: "fn", Label: "one"},
+		{WorkID: second, Attempt: 1, Status: "success", RunMs: 2, Fn: "fn"},
+		{WorkID: stale, Attempt: 0, Status: "success", RunMs: 1, Fn: "fn"}, // recovery already replaced it
+	}}
+	h.loop.SetLocal(src)
+	out := h.main()
+
+	assert.Equal(t, 2, out.Recorded, "the stale attempt is fenced off")
+	assert.Equal(t, 2, out.Completions)
+	assert.ElementsMatch(t, []store.Recorded{
+		{WorkID: first, Attempts: 1, Status: "success"},
+		{WorkID: second, Attempts: 2, Status: "success"},
+	}, src.recorded)
+	assert.Equal(t, composite{}, h.observe(first))
+	assert.Equal(t, composite{}, h.observe(second))
+	assert.Equal(t, composite{Work: true, Attempts: 1, Running: 1}, h.observe(stale), "untouched")
+	h.checkRunningCount()
+
+	logs := h.logs.String()
+	assert.Contains(t, logs, fmt.Sprintf("work_id=%d fn=fn label=one status=success attempts=1 run_time_ms=7", first))
+	assert.Contains(t, logs, fmt.Sprintf("work_id=%d fn=fn status=success attempts=2 run_time_ms=2", second))
+	assert.NotContains(t, logs, "level=ERROR")
+	c := h.counters()
+	assert.Equal(t, int64(2), c.Completed)
+	assert.Equal(t, int64(2), c.Succeeded)
+}
+
 // TestResultsArrivingKeepTheLoopRunning: when results of the process's own
 // workers arrived while an iteration ran, the iteration stays running for
 // the next one, which their kick would start at once, instead of writing
