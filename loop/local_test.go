@@ -51,14 +51,10 @@ func TestLocalResults(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t, harnessOpts{})
 	h.recoveredNow()
-	success := h.work(workOpts{})
-	h.running(success, 0, nil)
-	retry := h.work(workOpts{maxAttempts: 3, backoffMs: 1000, base: 2})
-	h.running(retry, 0, nil)
-	final := h.work(workOpts{maxAttempts: 3, backoffMs: 1000, base: 2})
-	h.running(final, 0, nil)
-	stale := h.work(workOpts{attempts: 1, maxAttempts: 3})
-	h.running(stale, 1, nil)
+	success := h.runningWork(workOpts{})
+	retry := h.runningWork(workOpts{maxAttempts: 3, backoffMs: 1000, base: 2})
+	final := h.runningWork(workOpts{maxAttempts: 3, backoffMs: 1000, base: 2})
+	stale := h.runningWork(workOpts{attempts: 1, maxAttempts: 3})
 
 	src := &resultSource{results: []store.Result{
 		{WorkID: success, Attempt: 0, Status: "success", Value: `"ok"`, RunMs: 7, Fn: "fn", Label: "first"},
@@ -111,12 +107,9 @@ func TestLocalSuccesses(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t, harnessOpts{})
 	h.recoveredNow()
-	first := h.work(workOpts{})
-	h.running(first, 0, nil)
-	second := h.work(workOpts{attempts: 1, maxAttempts: 3})
-	h.running(second, 1, nil)
-	stale := h.work(workOpts{attempts: 1, maxAttempts: 3})
-	h.running(stale, 1, nil)
+	first := h.runningWork(workOpts{})
+	second := h.runningWork(workOpts{attempts: 1, maxAttempts: 3})
+	stale := h.runningWork(workOpts{attempts: 1, maxAttempts: 3})
 
 	src := &resultSource{results: []store.Result{
 		{WorkID: first, Attempt: 0, Status: "success", RunMs: 7, Fn: "fn", Label: "one"},
@@ -171,8 +164,7 @@ func TestKickAnsweredByTheIterationAfterIt(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t, harnessOpts{})
 	h.recoveredNow()
-	id := h.work(workOpts{})
-	h.running(id, 0, nil)
+	id := h.runningWork(workOpts{})
 	src := &resultSource{results: []store.Result{{WorkID: id, Status: "success"}}}
 	h.loop.SetLocal(src)
 	logger := stats.NewLogger(slog.New(slog.NewTextHandler(h.logs, nil)), pool, stats.LevelWarn)
