@@ -165,8 +165,6 @@ func (h *harness) pendingStart(id, segment int64) {
 		"VALUES (?, ?, ?, 'fn', COALESCE((SELECT attempts FROM {s}.work WHERE id = ?), 0), 60000)", id, pool, segment, id)
 }
 
-// running inserts a running row and keeps internal_state.running_count in
-// step, as the loop would have.
 // runningWork inserts work whose current attempt (o.attempts) holds an
 // unclaimed slot.
 func (h *harness) runningWork(o workOpts) int64 {
@@ -176,6 +174,8 @@ func (h *harness) runningWork(o workOpts) int64 {
 	return id
 }
 
+// running inserts a running row and keeps internal_state.running_count in
+// step, as the loop would have.
 func (h *harness) running(id int64, attempt int, claimedBy *int64) {
 	h.exec("INSERT INTO {s}.running (work_id, pool, fn_name, attempt, segment, started_at, timeout_ms, claimed_by, claimed_at, deadline) "+
 		"VALUES (?, ?, 'fn', ?, ?, now(), 60000, ?, CASE WHEN ?::bigint IS NULL THEN NULL ELSE now() END, now() + interval '1 minute')",

@@ -185,9 +185,7 @@ SELECT false, f.id, f.attempts, f.status, f.retry, COALESCE(f.on_complete, ''), 
        f.attempt, COALESCE(f.error, ''), COALESCE(f.run_ms, -1), '', ''
   FROM fenced f WHERE f.status <> 'success'
 UNION ALL
-SELECT true, 0, 0, '', false, '', '', 0, '', 0,
-       COALESCE((SELECT string_agg(id::text, ',') FROM fenced WHERE status = 'success'), ''),
-       COALESCE((SELECT string_agg(work_id::text, ',') FROM rn), '')`)
+SELECT `+localSummary("SELECT id FROM fenced WHERE status = 'success'"))
 
 	// recordLocalSuccesses is recordLocalResults for a batch of successes
 	// only, as a busy pool's iterations record: its plan leaves out the
@@ -206,9 +204,7 @@ WITH r AS (
 ), `+freeSlots("SELECT id AS work_id FROM fenced", `,
            report_completed = report_completed + (SELECT count(*) FROM rn),
            report_succeeded = report_succeeded + (SELECT count(*) FROM fenced)`)+`
-SELECT true, 0, 0, '', false, '', '', 0, '', 0,
-       COALESCE((SELECT string_agg(id::text, ',') FROM fenced), ''),
-       COALESCE((SELECT string_agg(work_id::text, ',') FROM rn), '')`)
+SELECT `+localSummary("SELECT id FROM fenced"))
 
 	register("finishDelete", `
 DELETE FROM {s}.work WHERE id = ANY($1::bigint[]) AND result IS NOT NULL`)
@@ -475,6 +471,17 @@ func (s *Store) RecordLocalResultsOp(pool string, results []Result, out *LocalRe
 		}
 		return nil
 	}, args...)
+}
+
+// localSummary returns the select list of the summary row that both
+// statements of RecordLocalResultsOp end with, in the columns its scan
+// reads: the ids that successes yields (one column), and those of the
+// running rows freed (the CTE rn of freeSlots), each as a comma-separated
+// list.
+func localSummary(successes string) string {
+	return `true, 0, 0, '', false, '', '', 0, '', 0,
+       COALESCE((SELECT string_agg(id::text, ',') FROM (` + successes + `) s(id)), ''),
+       COALESCE((SELECT string_agg(work_id::text, ',') FROM rn), '')`
 }
 
 // successArgs returns the parameters of recordLocalSuccesses, or nil when
