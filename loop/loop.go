@@ -152,6 +152,7 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -465,6 +466,8 @@ type iteration struct {
 	// fast: the first round trip committed (see fastPath); fastOK: the
 	// caller allows it.
 	fast, fastOK bool
+	// failedResult: a failure is among results, which may retry.
+	failedResult bool
 }
 
 func (it *iteration) signal(b byte) {
@@ -637,19 +640,15 @@ func (l *Loop) phases(st store.State, cached, recoveryIter bool, it *iteration) 
 		return cursor - int64(segments.CursorBuffer)
 	}
 	var ops []store.Op
-	failed := false
 	if len(it.results) > 0 {
 		// Recorded first, so the completion phase below consumes the
 		// retries among them.
 		ops = append(ops, s.RecordLocalResultsOp(pool, it.results, &it.recorded))
-		for _, r := range it.results {
-			failed = failed || r.Status == "failed"
-		}
 	}
 	// A phase whose table the last re-check found empty is left out
 	// (see Loop.rescan), unless this transaction's own results may retry.
 	known := cached && !recoveryIter && (!it.rescan || it.fast)
-	if !known || l.cache.pending.Completion.Valid || failed {
+	if !known || l.cache.pending.Completion.Valid || it.failedResult {
 		ops = append(ops, s.TakeCompletionsOp(pool, store.Range{From: from(st.CompletionCursor), To: math.MaxInt64}, l.cfg.BatchSize, &it.comps))
 	} else {
 		it.skippedCompletions = true
@@ -711,13 +710,8 @@ const stateSaveInterval = time.Second
 // iteration that it then runs at once includes the phase.
 func (l *Loop) fastPath(it *iteration) bool {
 	if !it.fastOK || !l.cache.busy || it.recovery || l.checkStarts || l.slowNext || time.Since(l.cache.saved) >= stateSaveInterval ||
-		l.cache.pending.Completion.Valid || l.cache.pending.Cancelation.Valid {
+		l.cache.pending.Completion.Valid || l.cache.pending.Cancelation.Valid || it.failedResult {
 		return false
-	}
-	for _, r := range it.results {
-		if r.Status == "failed" {
-			return false
-		}
 	}
 	return true
 }
@@ -725,6 +719,7 @@ func (l *Loop) fastPath(it *iteration) bool {
 func (l *Loop) iterate(ctx context.Context, conn *sql.Conn, generation int64, it *iteration) (*stats.Report, error) {
 	s, pool, log := l.cfg.Store, l.cfg.Pool, l.cfg.Logger
 	var st store.State
+	it.failedResult = slices.ContainsFunc(it.results, func(r store.Result) bool { return r.Status == "failed" })
 	cached := l.cache.valid && l.cache.state.Generation == generation
 	if cached {
 		c := l.cache.state
