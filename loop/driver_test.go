@@ -657,11 +657,7 @@ func TestFastIterationStaleGenerationCommitsNothing(t *testing.T) {
 func TestFastIterationKeepsReportCounters(t *testing.T) {
 	t.Parallel()
 	h := busyHarness(t, 10)
-	done := []int64{h.work(workOpts{}), h.work(workOpts{}), h.work(workOpts{})}
-	for _, id := range done {
-		h.running(id, 0, nil)
-	}
-	h.exec("UPDATE {s}.internal_state SET running_count = 3")
+	done := []int64{h.runningWork(workOpts{}), h.runningWork(workOpts{}), h.runningWork(workOpts{})}
 	src := &resultSource{}
 	h.loop.SetLocal(src)
 	first := h.mainFast(h.generation())
