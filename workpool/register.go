@@ -202,6 +202,11 @@ type onCompleteInfo struct {
 // fn returns an error that transaction rolls back and the onComplete is
 // tried again later with backoff (Config.OnCompleteAttempts); after the last
 // try the failure stays in the database and is logged, never dropped.
+// A call whose transaction never commits, because its process died or its
+// connection dropped, is followed by another, so what fn does outside tx
+// may happen more than once and should be idempotent (the fault suite,
+// killing processes and restarting Postgres, counts 0-3 such calls in
+// 20,000).
 //
 // Register it in every process that runs workers: the process that
 // finishes the work runs the handler if it has it, and otherwise leaves it
