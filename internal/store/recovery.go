@@ -35,7 +35,7 @@ WITH o AS (
     DELETE FROM {s}.running r
      WHERE r.pool = $1
        AND NOT EXISTS (SELECT 1 FROM {s}.work w
-                        WHERE `+probe("w.id", "r.work_id")+` AND w.attempts = r.attempt AND w.result IS NULL)
+                        WHERE `+attemptLive+`)
        AND NOT EXISTS (SELECT 1 FROM {s}.pending_completion pc WHERE `+probe("pc.work_id", "r.work_id")+`)
     RETURNING r.work_id
 ), rc AS (

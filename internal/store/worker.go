@@ -41,7 +41,7 @@ WITH r AS (
         AS r(work_id, attempt, status, error, nonretryable, value, run_ms)
 ), del AS (
     DELETE FROM {s}.work w USING r
-     WHERE ` + probe("w.id", "r.work_id") + ` AND w.pool = $1 AND w.attempts = r.attempt AND w.result IS NULL
+     WHERE ` + attemptLive + ` AND w.pool = $1
        AND w.on_complete IS NULL AND NOT ` + retryRule + `
     RETURNING w.id, w.attempts + 1 AS attempts, r.attempt, ` + finalStatus + ` AS status,
               NULLIF(r.error, '') AS error, false AS retry, r.run_ms,
@@ -56,7 +56,7 @@ WITH r AS (
       FROM r
      WHERE (` + updMay + `)
        AND NOT EXISTS (SELECT 1 FROM del WHERE del.id = r.work_id)
-       AND ` + probe("w.id", "r.work_id") + ` AND w.pool = $1 AND w.attempts = r.attempt AND w.result IS NULL
+       AND ` + attemptLive + ` AND w.pool = $1
        AND (w.on_complete IS NOT NULL OR ` + retryRule + `)
     -- RETURNING sees the updated row: result is NULL exactly for a retry.
     RETURNING w.id, w.attempts, r.attempt, ` + finalStatus + `,
@@ -72,6 +72,13 @@ WITH r AS (
 // the result is recorded, whether the attempt is retried. recordFenced
 // states it in four places, so it is written once here.
 const retryRule = `(r.status = 'failed' AND NOT r.nonretryable AND NOT w.canceled AND w.attempts + 1 < w.max_attempts)`
+
+// attemptLive matches the work row w of r, a result or a running row, only
+// while r's attempt is the work's current one and no result is recorded:
+// the fence that a late or second result of an attempt fails, and that
+// tells a claim or running row its attempt outlived. Six statements state
+// it, so it is written once here.
+var attemptLive = probe("w.id", "r.work_id") + ` AND w.attempts = r.attempt AND w.result IS NULL`
 
 // finalStatus is the status a result records: a failure of work that was
 // canceled meanwhile ends as canceled.
@@ -106,7 +113,7 @@ WITH hb AS (`+beatWorker("$2", "$1", "$3", "$4", "true")+`
 )
 SELECT r.work_id, r.attempt FROM {s}.running r
  WHERE r.pool = $2 AND r.claimed_by = $1
-   AND EXISTS (SELECT 1 FROM {s}.work w WHERE `+probe("w.id", "r.work_id")+` AND w.attempts = r.attempt AND w.result IS NULL)`)
+   AND EXISTS (SELECT 1 FROM {s}.work w WHERE `+attemptLive+`)`)
 	register("deregisterWorker", `DELETE FROM {s}.workers WHERE id = $1`)
 	// deleteStaleWorkers removes the rows of processes that have not
 	// heartbeated for longer than the retention (the recovery pass): a
@@ -198,7 +205,7 @@ WITH r AS (
     SELECT * FROM unnest($2::bigint[], $3::int[]) AS r(work_id, attempt)
 ), fenced AS (
     DELETE FROM {s}.work w USING r
-     WHERE `+probe("w.id", "r.work_id")+` AND w.pool = $1 AND w.attempts = r.attempt AND w.result IS NULL
+     WHERE `+attemptLive+` AND w.pool = $1
        AND w.on_complete IS NULL
     RETURNING w.id
 ), `+freeSlots("SELECT id AS work_id FROM fenced", `,
@@ -244,7 +251,7 @@ UPDATE {s}.running SET claimed_by = NULL, claimed_at = NULL, deadline = NULL
 UPDATE {s}.running r SET claimed_by = NULL, claimed_at = NULL, deadline = NULL
   FROM unnest($3::bigint[], $4::int[]) AS u(work_id, attempt)
  WHERE r.pool = $1 AND r.claimed_by = $2 AND r.work_id = u.work_id AND r.attempt = u.attempt
-   AND EXISTS (SELECT 1 FROM {s}.work w WHERE `+probe("w.id", "r.work_id")+` AND w.attempts = r.attempt AND w.result IS NULL)
+   AND EXISTS (SELECT 1 FROM {s}.work w WHERE `+attemptLive+`)
 RETURNING r.work_id`)
 
 	register("canceledAmong", `
