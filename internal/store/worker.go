@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -494,11 +495,11 @@ func localSummary(successes string) string {
 // successArgs returns the parameters of recordLocalSuccesses, or nil when
 // a result is not a success.
 func successArgs(pool string, results []Result) []any {
+	if slices.ContainsFunc(results, func(r Result) bool { return r.Status != "success" }) {
+		return nil // before allocating: a mixed batch allocates resultArgs's arrays instead
+	}
 	ids, attempts := make([]int64, len(results)), make([]int32, len(results))
 	for i, r := range results {
-		if r.Status != "success" {
-			return nil
-		}
 		ids[i], attempts[i] = r.WorkID, int32(r.Attempt)
 	}
 	return []any{pool, ids, attempts}
