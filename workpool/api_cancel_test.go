@@ -3,6 +3,7 @@ package workpool_test
 import (
 	"context"
 	"errors"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -203,4 +204,76 @@ func TestAPICancelRunningInAnotherProcess(t *testing.T) {
 	assert.ErrorIs(t, recv(t, ctxErr, 10*time.Second, "the handler's context to be canceled"), context.Canceled)
 	assert.Equal(t, apiCompletion{Status: "canceled", Value: "0", Context: "remote", Attempts: 1}, e.waitCompletion(id, 10*time.Second))
 	assert.Len(t, started, 0, "canceled work was retried")
+}
+
+// TestAPICancelPendingNeverStartsInBusyPool: once Cancel has returned for
+// work that has not started, its handler never runs, in a busy pool whose
+// loop starts work on most iterations and (on its fast path) leaves its
+// cancel phase out. Cancels come from a process that does not run the
+// loop, each aimed a few items ahead of the work starting, so that many
+// commit just before the loop would start their item.
+//
+// A handler may still start after Cancel returned when its item was
+// started first: Cancel and the start raced and the start won, so the work
+// is running and only gets its context canceled. Such a case is told apart
+// by the database's own clock: the start statement's timestamp (the
+// running row's started_at) is then earlier than a timestamp read after
+// Cancel returned.
+func TestAPICancelPendingNeverStartsInBusyPool(t *testing.T) {
+	t.Parallel()
+	e := newAPIEnv(t)
+	p := e.pool(workpool.Config{MaxParallelism: 2})
+	const n, ahead = 1500, 3
+	ctx := context.Background()
+	ids := make([]workpool.WorkID, n)
+	var canceled [n]atomic.Bool
+	var mu sync.Mutex
+	startedAt := make(map[int]time.Time) // of canceled items that ran
+	var ran atomic.Int64
+	front := make(chan int, 1)
+	f := mustRegister(t, p, "f", func(hctx context.Context, a num) (int, error) {
+		ran.Add(1)
+		if canceled[a.N].Load() {
+			var at time.Time
+			err := e.db.QueryRowContext(ctx, "SELECT started_at FROM "+e.schema+".running WHERE work_id = ?", int64(ids[a.N])).Scan(&at)
+			assert.NoError(t, err)
+			mu.Lock()
+			startedAt[a.N] = at
+			mu.Unlock()
+		}
+		select {
+		case front <- a.N:
+		default:
+		}
+		time.Sleep(time.Millisecond)
+		return a.N, nil
+	})
+	for i := range n {
+		ids[i] = enqueue(t, p, f, num{N: i})
+	}
+	canceler := e.pool(workpool.Config{}) // never started
+	start(t, p)
+
+	canceledAt := make(map[int]time.Time) // the database's clock after Cancel returned
+	for last := 0; last < n-1; {
+		k := recv(t, front, 30*time.Second, "a handler to start")
+		i := min(k+ahead, n-1)
+		if i <= last {
+			continue
+		}
+		last = i
+		require.NoError(t, canceler.Cancel(ctx, ids[i]))
+		canceled[i].Store(true)
+		var now time.Time
+		require.NoError(t, e.db.QueryRowContext(ctx, "SELECT clock_timestamp()").Scan(&now))
+		canceledAt[i] = now
+	}
+	waitFor(t, 60*time.Second, "every item to finish", func() bool { return e.workCount() == 0 })
+
+	require.Less(t, int(ran.Load()), n, "no cancel reached pending work")
+	mu.Lock()
+	defer mu.Unlock()
+	for i, at := range startedAt {
+		assert.False(t, at.After(canceledAt[i]), "item %d started at %v, after its Cancel returned (%v)", i, at, canceledAt[i])
+	}
 }

@@ -84,9 +84,10 @@ func (p *Pool) StatusBatch(ctx context.Context, ids []WorkID) ([]Status, error) 
 	return out, nil
 }
 
-// Cancel asks for a work item to end as canceled: if it has not started it
-// never will; if it runs, its handler's context is canceled and it is not
-// retried. Its onComplete runs with Status Canceled (or with the outcome, if
+// Cancel asks for a work item to end as canceled: if it has not started by
+// the time Cancel returns, it never will, even if a slot frees before the
+// loop has taken the cancel; if it runs, its handler's context is canceled
+// and it is not retried. Its onComplete runs with Status Canceled (or with the outcome, if
 // it finished first). Canceling finished or already canceled work is a
 // no-op; an ID this database never issued is ErrWorkNotFound.
 func (p *Pool) Cancel(ctx context.Context, id WorkID) error {

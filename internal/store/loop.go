@@ -201,6 +201,14 @@ SELECT report_completed, report_succeeded, report_failed, report_retries, report
 // otherwise: pending_start carries what the running row needs.
 // running_count is kept in step.
 //
+// Work with a cancel that no iteration has taken yet is left where it is,
+// for the iteration after this one, whose cancel phase ends it (this
+// iteration's re-check sees the cancel): Cancel promises that pending work
+// never starts, and an iteration that left its cancel phase out, or whose
+// cancel phase ran before the cancel committed, would otherwise start it,
+// and its handler would run until the cancel reached it. Most iterations
+// find no cancel at all and probe nothing.
+//
 // Work with a pending_start row is never running: only the loop inserts
 // running rows, under the internal_state lock, and it queues a retry only
 // after the attempt's running row is gone. The plain statement relies on
@@ -221,11 +229,18 @@ func startWork(checked bool) string {
     SELECT LEAST($4::int, GREATEST(0,
                (SELECT max_parallelism FROM {s}.config WHERE pool = $1)
              - (SELECT running_count FROM {s}.internal_state WHERE pool = $1))) AS n
+), cans AS (
+    -- Whether the pool has cancels that no iteration has taken yet (see
+    -- startWork): only then is each row probed for one.
+    SELECT EXISTS (SELECT 1 FROM {s}.pending_cancelation WHERE pool = $1) AS found
 ), ps AS (
     DELETE FROM {s}.pending_start WHERE ctid = ANY(ARRAY(
-        SELECT ctid FROM {s}.pending_start
-         WHERE pool = $1 AND segment >= $2 AND segment <= LEAST($3::bigint, {now})
-         ORDER BY segment LIMIT (SELECT n FROM lim)))
+        SELECT p.ctid FROM {s}.pending_start p
+         WHERE p.pool = $1 AND p.segment >= $2 AND p.segment <= LEAST($3::bigint, {now})
+           AND CASE WHEN (SELECT found FROM cans)
+                    THEN NOT EXISTS (SELECT 1 FROM {s}.pending_cancelation c WHERE ` + probe("c.work_id", "p.work_id") + `)
+                    ELSE true END
+         ORDER BY p.segment LIMIT (SELECT n FROM lim)))
     RETURNING work_id, segment, fn_name, label, attempt, timeout_ms
 ), procs AS (
     -- The pool's started processes, counted by their LISTEN connections
