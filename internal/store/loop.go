@@ -207,7 +207,11 @@ SELECT report_completed, report_succeeded, report_failed, report_retries, report
 // never starts, and an iteration that left its cancel phase out, or whose
 // cancel phase ran before the cancel committed, would otherwise start it,
 // and its handler would run until the cancel reached it. Most iterations
-// find no cancel at all and probe nothing.
+// find no cancel at all and probe nothing. The rows left out still count
+// against the batch, so that a CancelAll of a large backlog, whose cancels
+// the cancel phase takes a batch at a time, costs each iteration at most a
+// batch of probes rather than one per canceled row ahead of the first due
+// one; the iteration then starts fewer, and the next one goes on at once.
 //
 // Work with a pending_start row is never running: only the loop inserts
 // running rows, under the internal_state lock, and it queues a retry only
@@ -235,12 +239,13 @@ func startWork(checked bool) string {
     SELECT EXISTS (SELECT 1 FROM {s}.pending_cancelation WHERE pool = $1) AS found
 ), ps AS (
     DELETE FROM {s}.pending_start WHERE ctid = ANY(ARRAY(
-        SELECT p.ctid FROM {s}.pending_start p
-         WHERE p.pool = $1 AND p.segment >= $2 AND p.segment <= LEAST($3::bigint, {now})
-           AND CASE WHEN (SELECT found FROM cans)
+        SELECT p.ctid FROM (
+            SELECT ctid, work_id FROM {s}.pending_start
+             WHERE pool = $1 AND segment >= $2 AND segment <= LEAST($3::bigint, {now})
+             ORDER BY segment LIMIT (SELECT n FROM lim)) p
+         WHERE CASE WHEN (SELECT found FROM cans)
                     THEN NOT EXISTS (SELECT 1 FROM {s}.pending_cancelation c WHERE ` + probe("c.work_id", "p.work_id") + `)
-                    ELSE true END
-         ORDER BY p.segment LIMIT (SELECT n FROM lim)))
+                    ELSE true END))
     RETURNING work_id, segment, fn_name, label, attempt, timeout_ms
 ), procs AS (
     -- The pool's started processes, counted by their LISTEN connections
