@@ -630,6 +630,50 @@ func TestFastIterationWhileBusy(t *testing.T) {
 	h.checkRunningCount()
 }
 
+// TestFastIterationLeavesCanceledWorkPending: a cancel that commits after
+// the last re-check, for work that is due, reaches a busy loop whose next
+// iteration commits in its first round trip and so leaves the cancel phase
+// out. That iteration must not start the work (Cancel promises pending work
+// never starts); the one after it, which the re-check makes run at once,
+// ends it canceled.
+func TestFastIterationLeavesCanceledWorkPending(t *testing.T) {
+	t.Parallel()
+	h := busyHarness(t, 7)
+	first := h.mainFast(h.generation())
+	require.Equal(t, 2, first.Started)
+	require.Equal(t, loop.NextNow, first.Next)
+	var pending []int64
+	require.NoError(t, h.db.NewRaw("SELECT work_id FROM "+h.schema+".pending_start").Scan(h.ctx, &pending))
+	require.Len(t, pending, 5)
+	for _, id := range pending[:4] {
+		require.Equal(t, []int64{id}, h.cancel(id))
+	}
+
+	second := h.mainFast(first.Generation)
+	require.True(t, second.Fast, "the case under test: the cancel phase is left out")
+	assert.LessOrEqual(t, second.Started, 1, "only the work not canceled may start")
+	assert.Equal(t, loop.NextNow, second.Next, "the re-check saw the cancels")
+	for _, id := range pending[:4] {
+		c := h.observe(id)
+		assert.True(t, c.Work && c.PendingStart == 1 && c.Running == 0 && c.Cancelations == 1, "work %d is still pending: %+v", id, c)
+	}
+
+	generation := second.Generation
+	for range 5 {
+		out := h.mainFast(generation)
+		generation = out.Generation
+		if out.Next != loop.NextNow {
+			break
+		}
+	}
+	for _, id := range pending[:4] {
+		assert.Equal(t, composite{}, h.observe(id), "work %d ended canceled without starting", id)
+	}
+	assert.Equal(t, int64(3), h.scalar("SELECT count(*) FROM {s}.running"))
+	assert.Zero(t, h.scalar("SELECT count(*) FROM {s}.pending_start"))
+	h.checkRunningCount()
+}
+
 // TestFastIterationStaleGenerationCommitsNothing: an iteration that would
 // commit in its first round trip, called with a stale generation, fails
 // in its state lock before anything else runs, and says it could not read
