@@ -87,9 +87,10 @@ func (p *Pool) StatusBatch(ctx context.Context, ids []WorkID) ([]Status, error) 
 // Cancel asks for a work item to end as canceled: if it has not started by
 // the time Cancel returns, it never will, even if a slot frees before the
 // loop has taken the cancel; if it runs, its handler's context is canceled
-// and it is not retried. Its onComplete runs with Status Canceled (or with the outcome, if
-// it finished first). Canceling finished or already canceled work is a
-// no-op; an ID this database never issued is ErrWorkNotFound.
+// and it is not retried. Its onComplete runs with Status Canceled (or with
+// the outcome, if it finished first). Canceling finished or already
+// canceled work is a no-op; an ID this database never issued is
+// ErrWorkNotFound.
 func (p *Pool) Cancel(ctx context.Context, id WorkID) error {
 	n, err := p.cancel(ctx, []int64{int64(id)})
 	if err != nil || n > 0 {
