@@ -231,7 +231,7 @@ func TestAPICancelPendingNeverStartsInBusyPool(t *testing.T) {
 	startedAt := make(map[int]time.Time) // of canceled items that ran
 	var ran atomic.Int64
 	front := make(chan int, 1)
-	f := mustRegister(t, p, "f", func(hctx context.Context, a num) (int, error) {
+	f := mustRegister(t, p, "f", func(_ context.Context, a num) (int, error) {
 		ran.Add(1)
 		if canceled[a.N].Load() {
 			var at time.Time
