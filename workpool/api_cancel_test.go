@@ -262,8 +262,10 @@ func TestAPICancelPendingNeverStartsInBusyPool(t *testing.T) {
 			continue
 		}
 		last = i
-		require.NoError(t, canceler.Cancel(ctx, ids[i]))
+		// Marked first, so that no start after Cancel returns goes
+		// unrecorded; a start before it is told apart by the clock below.
 		canceled[i].Store(true)
+		require.NoError(t, canceler.Cancel(ctx, ids[i]))
 		var now time.Time
 		require.NoError(t, e.db.QueryRowContext(ctx, "SELECT clock_timestamp()").Scan(&now))
 		canceledAt[i] = now
