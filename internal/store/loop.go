@@ -81,7 +81,7 @@ SELECT c.work_id, c.attempt, c.status, COALESCE(c.error, ''), c.retry, COALESCE(
        w.id IS NOT NULL, COALESCE(w.canceled, false), COALESCE(w.attempts, 0),
        COALESCE(w.initial_backoff_ms, 0), COALESCE(w.backoff_base, 1),
        COALESCE(c.fn_name, w.fn_name, ''), COALESCE(c.label, w.label, ''),
-       CASE WHEN c.retry THEN EXISTS (SELECT 1 FROM {s}.pending_cancelation x WHERE `+probe("x.work_id", "c.work_id")+`) ELSE false END
+       CASE WHEN c.retry THEN `+cancelPending("c.work_id")+` ELSE false END
   FROM c
   LEFT JOIN LATERAL (SELECT * FROM {s}.work WHERE id = c.work_id AND c.retry LIMIT 1) w ON true`)
 
@@ -244,7 +244,7 @@ func startWork(checked bool) string {
              WHERE pool = $1 AND segment >= $2 AND segment <= LEAST($3::bigint, {now})
              ORDER BY segment LIMIT (SELECT n FROM lim)) p
          WHERE CASE WHEN (SELECT found FROM cans)
-                    THEN NOT EXISTS (SELECT 1 FROM {s}.pending_cancelation c WHERE ` + probe("c.work_id", "p.work_id") + `)
+                    THEN NOT ` + cancelPending("p.work_id") + `
                     ELSE true END))
     RETURNING work_id, segment, fn_name, label, attempt, timeout_ms
 ), procs AS (

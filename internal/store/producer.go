@@ -64,7 +64,7 @@ WITH c AS (
     INSERT INTO {s}.pending_cancelation (pool, segment, work_id)
     SELECT $1, {now}, w.id FROM {s}.work w
      WHERE w.id = ANY($2::bigint[]) AND w.pool = $1 AND NOT w.canceled AND w.result IS NULL
-       AND NOT EXISTS (SELECT 1 FROM {s}.pending_cancelation x WHERE `+probe("x.work_id", "w.id")+`)
+       AND NOT `+cancelPending("w.id")+`
     RETURNING work_id
 ), lk AS (
     SELECT pg_advisory_xact_lock_shared($3) AS locked

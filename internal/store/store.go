@@ -207,6 +207,15 @@ func probe(col, v string) string {
 	return "(" + col + " >= " + v + " AND " + col + " <= " + v + ")"
 }
 
+// cancelPending is true while the work whose id workID names has a cancel
+// in pending_cancelation that no iteration has taken yet. Three statements
+// ask it (a retry, a start and a second cancel of the same work), so it is
+// written once here; its alias is one no statement uses, so that workID
+// always refers to the outer query.
+func cancelPending(workID string) string {
+	return "EXISTS (SELECT 1 FROM {s}.pending_cancelation pcx WHERE " + probe("pcx.work_id", workID) + ")"
+}
+
 func (s *Store) op(name string, scan func(Row) error, args ...any) Op {
 	return Op{name: name, sql: s.sql(name), args: args, scan: scan}
 }
