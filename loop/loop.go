@@ -587,6 +587,7 @@ func (l *Loop) main(ctx context.Context, generation int64, c *carried, fastOK bo
 		return it.out, nil
 	}
 	if l.cfg.Local != nil {
+		it.local.Closed = it.running > it.st.MaxParallelism || it.st.MaxParallelism == 0
 		l.cfg.Local.Deliver(it.local, it.deliver)
 		it.out.Delivered = len(it.deliver)
 		if len(it.results) > 0 {
@@ -663,6 +664,11 @@ func (l *Loop) phases(st store.State, cached, recoveryIter bool, it *iteration) 
 		local.Processes = l.processes.n
 	}
 	it.countedProcesses = local.Processes == 0
+	if l.checkStarts {
+		// Rows it leaves out could not be told apart from standbys (see
+		// starts), so a loop that checks starts claims none.
+		local.Standby = 0
+	}
 	return append(ops,
 		s.StartWorkOp(pool, store.Range{From: from(st.StartCursor), To: math.MaxInt64}, l.cfg.BatchSize, local, l.checkStarts, l.keys.Channel, &it.starts),
 		// The re-check is a later statement than the try-lock, so its

@@ -1,6 +1,9 @@
 package workpool
 
-import "context"
+import (
+	"context"
+	"time"
+)
 
 // QueuedEnqueues reports how many Enqueue calls of p wait for a commit in
 // flight to end, so that tests can hold calls in the queue.
@@ -25,3 +28,10 @@ func BeforeLeadingWrite(p *Pool, f func()) { p.beforeLeadingWrite = f }
 
 // WorkerID returns the id of the started p's row in the workers table.
 func WorkerID(p *Pool) int64 { return p.runState().worker.ID }
+
+// SetStandbyHold sets how long p's standbys wait for a slot; call it
+// before Start.
+func SetStandbyHold(p *Pool, d time.Duration) { p.standbyHold = d }
+
+// HandOffs counts the slots p's handlers handed straight to a standby.
+func HandOffs(p *Pool) int64 { return p.handOffs.Load() }

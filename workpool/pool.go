@@ -58,6 +58,11 @@ type Pool struct {
 
 	// beforeLeadingWrite, if set (by tests), runs when writeTogether found
 	// this process leading, before its transaction.
+	// standbyHold is how long a standby waits for a slot (standbyHoldDefault;
+	// tests shorten or lengthen it before Start).
+	standbyHold time.Duration
+	// handOffs counts the slots handed to standbys, for tests.
+	handOffs           atomic.Int64
 	beforeLeadingWrite func()
 }
 
@@ -81,6 +86,7 @@ func New(db *bun.DB, cfg Config) (*Pool, error) {
 		funcs:       map[string]*funcInfo{},
 		onCompletes: map[string]*onCompleteInfo{},
 		origin:      strconv.FormatUint(rand.Uint64(), 10),
+		standbyHold: standbyHoldDefault,
 	}
 	p.keys = store.KeysFor(cfg.Schema, cfg.Name)
 	p.enqueues.write, p.enqueues.regroupWait = p.writeEnqueues, regroupWait

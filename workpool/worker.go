@@ -2,6 +2,7 @@ package workpool
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"fmt"
 	"os"
@@ -82,6 +83,18 @@ type running struct {
 	lastHeartbeat time.Time
 	pending       []store.Result // results waiting to be flushed
 	released      []int64        // attempts given back on Stop
+	// standbys are attempts the loop claimed for this process beyond the
+	// pool's free slots, in the order they are due: a handler that ends
+	// hands its slot to the first of them at once (see handOff). Those not
+	// started within standbyHoldDefault are given back (expireStandbys).
+	standbys []standby
+	// standbyAsked counts the standbys asked for by iterations in flight.
+	standbyAsked int
+	// ended counts the attempts that ended since the loop's last
+	// iteration reserved slots: only an iteration that follows slots
+	// turning over asks for standbys, as many as turned over at most
+	// (see Reserve).
+	ended int
 	// deliverBuf holds the attempts of one Deliver until they are
 	// dispatched; the loop's iterations, and so Deliver, are serialized.
 	deliverBuf  []*attempt
@@ -297,6 +310,16 @@ func (r *running) stop(ctx context.Context) error {
 	case <-finalCtx.Done():
 		p.log.Warn(finalCtx, "stop: the loop's last iteration is still running; not waiting for it")
 	}
+	// The loop's last iteration may have delivered standbys after Stop
+	// began; none of them starts now.
+	r.mu.Lock()
+	standbyIDs := make([]int64, 0, len(r.standbys))
+	for _, st := range r.standbys {
+		standbyIDs = append(standbyIDs, st.WorkID)
+	}
+	r.standbys = nil
+	r.mu.Unlock()
+	r.releaseStandbys(finalCtx, standbyIDs)
 	if derr := p.store.DeregisterWorker(finalCtx, p.sqlDB, r.worker.ID); derr != nil {
 		p.log.Warn(finalCtx, "stop: could not remove worker row", "error", derr)
 	}
@@ -431,6 +454,11 @@ func (r *running) Reserve(limit int) store.LocalClaim {
 	}
 	claim.Slots = max(0, min(limit, r.p.cfg.Workers-len(r.inflight)-r.reserved))
 	r.reserved += claim.Slots
+	if r.ended > 0 {
+		claim.Standby = max(0, min(r.ended, r.standbyMax()-len(r.standbys)-r.standbyAsked))
+		r.standbyAsked += claim.Standby
+		r.ended = 0
+	}
 	claim.Heartbeat = claim.Slots > 0 && time.Since(r.lastHeartbeat) > r.p.cfg.HeartbeatInterval/2
 	return claim
 }
@@ -440,6 +468,7 @@ func (r *running) Reserve(limit int) store.LocalClaim {
 func (r *running) Deliver(claim store.LocalClaim, starts []store.Start) {
 	r.mu.Lock()
 	r.reserved -= claim.Slots
+	r.standbyAsked -= claim.Standby
 	if claim.Heartbeat && len(starts) > 0 {
 		// The start statement refreshes the lease only when it claims
 		// work for this process. Counted as a heartbeat without one, an
@@ -449,6 +478,7 @@ func (r *running) Deliver(claim store.LocalClaim, starts []store.Start) {
 		r.lastHeartbeat = time.Now()
 	}
 	attempts := r.deliverBuf[:0]
+	held := false
 	for _, st := range starts {
 		if r.stopping {
 			// Stop began after the loop reserved the slot: give the work
@@ -456,13 +486,30 @@ func (r *running) Deliver(claim store.LocalClaim, starts []store.Start) {
 			r.released = append(r.released, st.WorkID)
 			continue
 		}
-		attempts = append(attempts, r.begin(store.Claimed{WorkID: st.WorkID, Attempt: st.Attempt, Fn: st.Fn, Timeout: st.Timeout,
-			Args: st.Args, Label: st.Label, WorkMissing: st.Args == "", HasOnComplete: st.HasOnComplete}))
+		if st.Standby {
+			r.standbys = append(r.standbys, standby{Start: st, at: time.Now()})
+			held = true
+			continue
+		}
+		attempts = append(attempts, r.beginStart(st))
 	}
 	if len(starts) < claim.Slots && r.dirty && !r.stopping {
 		wake(r.claimWake)
 	}
+	var closed []int64
+	if claim.Closed {
+		for _, st := range r.standbys {
+			closed = append(closed, st.WorkID)
+		}
+		clear(r.standbys)
+		r.standbys = r.standbys[:0]
+	}
 	r.mu.Unlock()
+	if len(closed) > 0 {
+		go r.releaseStandbys(r.bgCtx, closed)
+	} else if held {
+		time.AfterFunc(r.p.standbyHold, r.expireStandbys)
+	}
 	r.dispatch(attempts)
 	clear(attempts)
 	r.deliverBuf = attempts[:0]
@@ -473,12 +520,35 @@ func (r *running) Unreserve(claim store.LocalClaim) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.reserved -= claim.Slots
+	r.standbyAsked -= claim.Standby
 	if claim.Slots > 0 {
 		r.claimDoubt = time.Now() // the commit may have succeeded unseen
 	}
 	if claim.Slots > 0 && r.dirty && !r.stopping {
 		wake(r.claimWake)
 	}
+}
+
+// standby is an attempt claimed ahead of a free slot (see running.standbys).
+type standby struct {
+	store.Start
+	at time.Time // when it was delivered
+}
+
+// standbyHoldDefault is how long a standby waits for a slot before it is given
+// back to the pool. A slot that turns over often, as in a busy pool of
+// short handlers, takes its standbys within a millisecond or two; in a pool
+// of long handlers a standby would hold its work back from processes whose
+// slots free sooner.
+const standbyHoldDefault = 50 * time.Millisecond
+
+// standbyMax is how many standbys the process holds at most: about as many
+// slots as turn over during one of the loop's iterations in a busy pool.
+func (r *running) standbyMax() int { return (r.p.cfg.Workers + 7) / 8 }
+
+func (r *running) beginStart(st store.Start) *attempt {
+	return r.begin(store.Claimed{WorkID: st.WorkID, Attempt: st.Attempt, Fn: st.Fn, Timeout: st.Timeout,
+		Args: st.Args, Label: st.Label, WorkMissing: st.Args == "", HasOnComplete: st.HasOnComplete})
 }
 
 // claim runs the claim statement with PlanSettings, in one round trip.
@@ -611,6 +681,12 @@ func (r *running) abandon(a *attempt) {
 
 // done frees the attempt's slot and queues its result (or its release).
 func (r *running) done(a *attempt, res *store.Result, release bool) {
+	var next *attempt
+	defer func() {
+		if next != nil {
+			r.dispatch([]*attempt{next})
+		}
+	}()
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if a.released {
@@ -623,18 +699,93 @@ func (r *running) done(a *attempt, res *store.Result, release bool) {
 	case release:
 		r.released = append(r.released, a.key.workID)
 	case res != nil:
-		r.pending = append(r.pending, *res)
-		r.unrecorded[a.key]++
-		if forLoop(*res) && r.loopTakesResults() {
-			r.driver.KickForResults() // the next iteration records it
-		} else {
-			wake(r.flushWake)
-		}
+		next = r.handOff(res)
+		r.queueResult(a.key, *res)
+		r.ended++
 	}
 	if r.dirty && !r.stopping {
 		wake(r.claimWake)
 	}
 	r.idle.Broadcast()
+}
+
+// queueResult queues an attempt's result for recording; r.mu is held.
+func (r *running) queueResult(key attemptKey, res store.Result) {
+	r.pending = append(r.pending, res)
+	r.unrecorded[key]++
+	if forLoop(res) && r.loopTakesResults() {
+		r.driver.KickForResults() // the next iteration records it
+	} else {
+		wake(r.flushWake)
+	}
+}
+
+// handOff starts the first standby in the slot of the attempt that ended
+// with res, if there is one, and names it res's successor; r.mu is held.
+// The caller dispatches the attempt returned. The slot stays counted in the
+// database throughout: by the ended attempt's running row until its result
+// is recorded, and by the standby's from the same statement on.
+func (r *running) handOff(res *store.Result) *attempt {
+	if r.stopping || len(r.standbys) == 0 {
+		return nil
+	}
+	st := r.standbys[0]
+	r.standbys = slices.Delete(r.standbys, 0, 1)
+	res.Successor = st.WorkID
+	r.p.handOffs.Add(1)
+	return r.beginStart(st.Start)
+}
+
+// cancelStandbys ends the canceled standbys as canceled without running
+// them, as a canceled attempt that had started would end; r.mu is held.
+// Their result frees nothing: a standby holds no counted slot.
+func (r *running) cancelStandbys(isCanceled map[int64]bool) {
+	keep := r.standbys[:0]
+	for _, st := range r.standbys {
+		if !isCanceled[st.WorkID] {
+			keep = append(keep, st)
+			continue
+		}
+		r.queueResult(attemptKey{st.WorkID, st.Attempt}, store.Result{WorkID: st.WorkID, Attempt: st.Attempt,
+			Status: "canceled", OnComplete: st.HasOnComplete, Fn: st.Fn, Label: st.Label})
+	}
+	clear(r.standbys[len(keep):])
+	r.standbys = keep
+}
+
+// expireStandbys gives back the standbys that waited their hold.
+func (r *running) expireStandbys() {
+	r.mu.Lock()
+	var ids []int64
+	keep := r.standbys[:0]
+	for _, st := range r.standbys {
+		if time.Since(st.at) >= r.p.standbyHold || r.stopping {
+			ids = append(ids, st.WorkID)
+		} else {
+			keep = append(keep, st)
+		}
+	}
+	clear(r.standbys[len(keep):])
+	r.standbys = keep
+	r.mu.Unlock()
+	r.releaseStandbys(r.bgCtx, ids)
+}
+
+// releaseStandbys gives standbys that no handler took back to the pool.
+// Should that fail, they stay claimed by this process until it stops or
+// recovery declares it lost, and are retried from there.
+func (r *running) releaseStandbys(ctx context.Context, ids []int64) {
+	if len(ids) == 0 {
+		return
+	}
+	p := r.p
+	err := p.writeAndKick(ctx, "release standbys", func(tx *sql.Tx) (bool, error) {
+		released, err := p.store.ReleaseStandbys(ctx, tx, p.cfg.Name, r.worker.ID, ids, p.keys.KickLock)
+		return len(released) > 0, err
+	})
+	if err != nil {
+		p.log.Warn(ctx, "worker: cannot give back standbys; recovery will retry them after the lease", "error", err, "work_ids", ids)
+	}
 }
 
 // cancelLoop cancels the handlers of work that was canceled while running.
@@ -648,9 +799,12 @@ func (r *running) cancelLoop() {
 		case <-r.cancelWake:
 		}
 		r.mu.Lock()
-		ids := make([]int64, 0, len(r.inflight))
+		ids := make([]int64, 0, len(r.inflight)+len(r.standbys))
 		for key := range r.inflight {
 			ids = append(ids, key.workID)
+		}
+		for _, st := range r.standbys {
+			ids = append(ids, st.WorkID)
 		}
 		r.mu.Unlock()
 		if len(ids) == 0 {
@@ -671,6 +825,7 @@ func (r *running) cancelLoop() {
 				a.cancel(errCanceledByUser)
 			}
 		}
+		r.cancelStandbys(isCanceled)
 		r.mu.Unlock()
 	}
 }
@@ -704,7 +859,7 @@ func (r *running) heartbeatLoop() {
 		case <-t.C:
 		}
 		r.mu.Lock()
-		busy := len(r.inflight) > 0 || len(r.unrecorded) > 0 || len(r.strandSuspects) > 0 ||
+		busy := len(r.inflight) > 0 || len(r.standbys) > 0 || len(r.unrecorded) > 0 || len(r.strandSuspects) > 0 ||
 			time.Since(r.claimDoubt) < 3*p.cfg.HeartbeatInterval
 		r.mu.Unlock()
 		if !busy {
@@ -733,9 +888,12 @@ func (r *running) heartbeatLoop() {
 // be seen twice, a heartbeat interval apart, because a claim that just
 // committed may not have reached this process yet.
 func (r *running) findStranded(claimed []store.ClaimedAttempt) []store.ClaimedAttempt {
-	released := make(map[int64]bool, len(r.released))
+	released := make(map[int64]bool, len(r.released)+len(r.standbys))
 	for _, id := range r.released {
 		released[id] = true
+	}
+	for _, st := range r.standbys {
+		released[st.WorkID] = true // held, not stranded
 	}
 	var stranded []store.ClaimedAttempt
 	suspects := map[attemptKey]bool{}
@@ -757,6 +915,13 @@ func (r *running) findStranded(claimed []store.ClaimedAttempt) []store.ClaimedAt
 // releaseStranded gives stranded claims back so that a worker claims them.
 func (r *running) releaseStranded(stranded []store.ClaimedAttempt) {
 	p := r.p
+	// A stranded standby (its claim's answer was lost) goes back to
+	// pending_start; the statement below leaves standbys alone.
+	standbyIDs := make([]int64, len(stranded))
+	for i, c := range stranded {
+		standbyIDs[i] = c.WorkID
+	}
+	r.releaseStandbys(r.bgCtx, standbyIDs)
 	ids, err := p.store.ReleaseStranded(r.bgCtx, p.sqlDB, p.cfg.Name, r.worker.ID, stranded)
 	if err != nil {
 		p.log.Warn(r.bgCtx, "worker: cannot release stranded claims", "error", err)

@@ -71,9 +71,17 @@ WITH pc AS (
         SELECT ctid FROM {s}.pending_completion
          WHERE pool = $1 AND segment >= $2 AND segment <= $3
          ORDER BY segment LIMIT $4))
-    RETURNING work_id, attempt, status, error, retry, run_ms, segment
-), `+freeSlots("SELECT work_id FROM pc", "")+`, c AS (
-    SELECT pc.*, NULL::text AS fn_name, NULL::text AS label, false AS marker FROM pc
+    RETURNING work_id, attempt, status, error, retry, run_ms, segment, successor
+), tr AS (
+    -- Standbys that a result recorded outside the loop handed its slot to
+    -- (see handOver): the slot stays counted for them.
+    UPDATE {s}.running x
+       SET standby = false, deadline = statement_timestamp() + x.timeout_ms * interval '1 millisecond'
+     WHERE x.work_id IN (SELECT successor FROM pc WHERE successor IS NOT NULL) AND x.standby AND x.pool = $1
+    RETURNING x.work_id
+), `+freeSlots("SELECT work_id FROM pc", "", handedOver)+`, c AS (
+    SELECT pc.work_id, pc.attempt, pc.status, pc.error, pc.retry, pc.run_ms, pc.segment,
+           NULL::text AS fn_name, NULL::text AS label, false AS marker FROM pc
     UNION ALL
     SELECT work_id, 0, '', NULL, false, NULL, 0, fn_name, label, true FROM rn
 )
@@ -181,7 +189,7 @@ UPDATE {s}.run_status SET state = $2, segment = $3, saturated = $4, generation =
 SELECT state, COALESCE(segment, 0), saturated, generation, {now} FROM {s}.run_status WHERE pool = $1`)
 
 	register("gauges", `
-SELECT (SELECT count(*) FROM {s}.running WHERE pool = $1),
+SELECT (SELECT count(*) FROM {s}.running WHERE pool = $1 AND NOT standby),
        (SELECT count(*) FROM {s}.pending_start WHERE pool = $1 AND segment <= {now}),
        (SELECT count(*) FROM {s}.pending_start WHERE pool = $1 AND segment > {now}),
        (SELECT count(*) FROM {s}.running WHERE pool = $1 AND claimed_by IS NULL),
@@ -233,6 +241,12 @@ func startWork(checked bool) string {
     SELECT LEAST($4::int, GREATEST(0,
                (SELECT max_parallelism FROM {s}.config WHERE pool = $1)
              - (SELECT running_count FROM {s}.internal_state WHERE pool = $1))) AS n
+), sb AS (
+    -- Standbys only for a pool that this statement fills to its limit: a
+    -- paused pool, or one whose limit was lowered below what runs, has
+    -- no slot to hand on.
+    SELECT CASE WHEN c.max_parallelism > 0 AND s.running_count <= c.max_parallelism THEN $15::int ELSE 0 END AS n
+      FROM {s}.config c, {s}.internal_state s WHERE c.pool = $1 AND s.pool = $1
 ), cans AS (
     -- Whether the pool has cancels that no iteration has taken yet (see
     -- startWork): only then is each row probed for one.
@@ -242,11 +256,26 @@ func startWork(checked bool) string {
         SELECT p.ctid FROM (
             SELECT ctid, work_id FROM {s}.pending_start
              WHERE pool = $1 AND segment >= $2 AND segment <= LEAST($3::bigint, {now})
-             ORDER BY segment LIMIT (SELECT n FROM lim)) p
+             ORDER BY segment LIMIT (SELECT n FROM lim) + (SELECT n FROM sb)) p
          WHERE CASE WHEN (SELECT found FROM cans)
                     THEN NOT ` + cancelPending("p.work_id") + `
                     ELSE true END))
     RETURNING work_id, segment, fn_name, label, attempt, timeout_ms
+), ord AS (
+    -- Rows past the pool's free slots ($15 of them at most) become
+    -- standbys of the local worker (see LocalClaim.Standby); those of
+    -- functions it has not registered go back where they were.
+    -- Two branches, so that the sort is not run when none is asked for.
+    SELECT ps.*, false AS standby FROM ps WHERE (SELECT n FROM sb) = 0
+    UNION ALL
+    SELECT ps.*, row_number() OVER (ORDER BY segment, work_id) > (SELECT n FROM lim)
+      FROM ps WHERE (SELECT n FROM sb) > 0
+), back AS (
+    INSERT INTO {s}.pending_start (work_id, pool, segment, fn_name, label, attempt, timeout_ms)
+    SELECT work_id, $1, segment, fn_name, label, attempt, timeout_ms
+      FROM ord WHERE standby AND NOT fn_name = ANY($6::text[])
+), sel AS (
+    SELECT * FROM ord WHERE NOT standby OR fn_name = ANY($6::text[])
 ), procs AS (
     -- The pool's started processes, counted by their LISTEN connections
     -- unless the caller passes a recent count ($10 > 0): pg_stat_activity
@@ -263,25 +292,26 @@ func startWork(checked bool) string {
     -- Whether every row of the local worker's functions fits its share,
     -- as all do in a busy single-process pool: then no row needs ranking,
     -- and the sort of the second branch below is never run.
-    SELECT count(*) FILTER (WHERE fn_name = ANY($6::text[])) <= (SELECT n FROM share) AS yes FROM ps
+    SELECT count(*) FILTER (WHERE fn_name = ANY($6::text[]) AND NOT standby) <= (SELECT n FROM share) AS yes FROM sel
 ), pick AS (
-    SELECT ps.*, fn_name = ANY($6::text[]) AS mine
-      FROM ps WHERE (SELECT yes FROM fits)
+    SELECT sel.*, fn_name = ANY($6::text[]) AS mine
+      FROM sel WHERE (SELECT yes FROM fits)
     UNION ALL
-    SELECT ps.*, (fn_name = ANY($6::text[])
-                  AND row_number() OVER (PARTITION BY fn_name = ANY($6::text[]) ORDER BY segment, work_id)
+    SELECT sel.*, standby OR (fn_name = ANY($6::text[])
+                  AND row_number() OVER (PARTITION BY fn_name = ANY($6::text[]), standby ORDER BY segment, work_id)
                       <= (SELECT n FROM share)) AS mine
-      FROM ps WHERE NOT (SELECT yes FROM fits)
+      FROM sel WHERE NOT (SELECT yes FROM fits)
 ), ins AS (
     INSERT INTO {s}.running (work_id, pool, fn_name, label, attempt, segment, started_at, timeout_ms,
-                             claimed_by, claimed_at, deadline)
+                             claimed_by, claimed_at, deadline, standby)
     SELECT pick.work_id, $1, fn_name, label, attempt, segment, statement_timestamp(), timeout_ms,
            CASE WHEN mine THEN $5::bigint END, CASE WHEN mine THEN statement_timestamp() END,
-           CASE WHEN mine THEN statement_timestamp() + timeout_ms * interval '1 millisecond' END
+           CASE WHEN mine AND NOT standby THEN statement_timestamp() + timeout_ms * interval '1 millisecond' END,
+           standby
       FROM pick` + checkedJoin + `
-    RETURNING work_id
+    RETURNING work_id, standby
 ), rc AS (
-    UPDATE {s}.internal_state SET running_count = running_count + (SELECT count(*) FROM ins) WHERE pool = $1
+    UPDATE {s}.internal_state SET running_count = running_count + (SELECT count(*) FROM ins WHERE NOT standby) WHERE pool = $1
     RETURNING running_count
 ), hb AS (` + beatWorker("$1", "$5", "$11", "$12", "$8 AND EXISTS (SELECT 1 FROM pick WHERE mine)") + `
 ), sig AS (
@@ -290,7 +320,7 @@ func startWork(checked bool) string {
     -- commits in its first round trip does not write.
     SELECT count(*) AS n FROM (SELECT pg_notify($13, $14) FROM pick WHERE NOT mine LIMIT 1) x
 )
-SELECT pick.work_id, pick.segment, pick.fn_name, pick.label, pick.attempt, pick.timeout_ms, pick.mine,
+SELECT pick.work_id, pick.segment, pick.fn_name, pick.label, pick.attempt, pick.timeout_ms, pick.mine, pick.standby,
        COALESCE(w.args::text, ''), COALESCE(w.on_complete IS NOT NULL, false),
        (SELECT count(*) FROM ins), (SELECT running_count FROM rc), (SELECT n FROM lim), statement_timestamp(),
        CASE WHEN pick.mine THEN (SELECT n FROM procs) ELSE 0 END, (SELECT n FROM sig)
@@ -305,17 +335,19 @@ SELECT pick.work_id, pick.segment, pick.fn_name, pick.label, pick.attempt, pick.
 // table gathers between vacuums (see PlanSettings); the pool is checked
 // after the probe so that its index is not chosen instead.
 //
+// A standby's row frees no slot, as it holds none (see LocalClaim.Standby).
 // counters, if set, are more assignments for rc's update of internal_state
-// (the report counters of the slots freed).
-func freeSlots(query, counters string) string {
+// (the report counters of the slots freed); kept, if set, is a term added
+// back to running_count for the slots handed to standbys (handedOver).
+func freeSlots(query, counters, kept string) string {
 	return `rn AS (
     DELETE FROM {s}.running r WHERE r.ctid = ANY(ARRAY(
         SELECT x.ctid FROM (` + query + `) i CROSS JOIN LATERAL (
             SELECT ctid, pool FROM {s}.running WHERE work_id = i.work_id LIMIT 1) x
          WHERE x.pool = $1))
-    RETURNING r.work_id, r.fn_name, r.label
+    RETURNING r.work_id, r.fn_name, r.label, r.standby
 ), rc AS (
-    UPDATE {s}.internal_state SET running_count = running_count - (SELECT count(*) FROM rn)` + counters + ` WHERE pool = $1
+    UPDATE {s}.internal_state SET running_count = running_count - (SELECT count(*) FROM rn WHERE NOT standby)` + kept + counters + ` WHERE pool = $1
 )`
 }
 
@@ -531,6 +563,7 @@ type Start struct {
 	// Mine is set for rows claimed for the local worker; Args then holds
 	// the work's arguments.
 	Mine          bool
+	Standby       bool
 	Args          string
 	HasOnComplete bool
 }
@@ -562,6 +595,13 @@ type LocalClaim struct {
 	// Listeners is the application_name of the pool's LISTEN connections,
 	// one per started process: the local worker takes at most its share.
 	Listeners string
+	// Standby is how many rows beyond the free slots to claim as standbys:
+	// attempts that a handler of this process starts in its own slot when
+	// it ends, before the loop records the result (see Result.Successor).
+	Standby int
+	// Closed is set by the loop, for Deliver, when the pool is paused or
+	// runs more than its limit: held standbys must not start.
+	Closed bool
 	// Processes, when positive, is a recent count of those connections,
 	// which the statement then uses instead of counting them again.
 	Processes int
@@ -579,7 +619,7 @@ func (s *Store) StartWorkOp(pool string, r Range, limit int, local LocalClaim, c
 	var st Start // scanned into once per statement (see RecordLocalResultsOp)
 	var timeoutMs int64
 	var procs int // the same in every row that has it
-	dest := []any{&st.WorkID, &st.Segment, &st.Fn, &st.Label, &st.Attempt, &timeoutMs, &st.Mine, &st.Args,
+	dest := []any{&st.WorkID, &st.Segment, &st.Fn, &st.Label, &st.Attempt, &timeoutMs, &st.Mine, &st.Standby, &st.Args,
 		&st.HasOnComplete, &out.Inserted, &out.Running, &out.Limit, &out.StartedAt, &procs, &out.Notified}
 	name := "startWork"
 	if checked {
@@ -595,7 +635,7 @@ func (s *Store) StartWorkOp(pool string, r Range, limit int, local LocalClaim, c
 		out.Rows = append(out.Rows, st)
 		return nil
 	}, pool, r.From, r.To, limit, local.Worker.ID, local.Fns, local.Slots, local.Heartbeat, local.Listeners, local.Processes,
-		local.Worker.Host, local.Worker.PID, channel, string(SignalStart))
+		local.Worker.Host, local.Worker.PID, channel, string(SignalStart), local.Standby)
 }
 
 // IsRunningConflict reports whether err is the plain start statement

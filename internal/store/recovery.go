@@ -37,9 +37,9 @@ WITH o AS (
        AND NOT EXISTS (SELECT 1 FROM {s}.work w
                         WHERE `+attemptLive+`)
        AND NOT EXISTS (SELECT 1 FROM {s}.pending_completion pc WHERE `+probe("pc.work_id", "r.work_id")+`)
-    RETURNING r.work_id
+    RETURNING r.work_id, r.standby
 ), rc AS (
-    UPDATE {s}.internal_state SET running_count = running_count - (SELECT count(*) FROM o) WHERE pool = $1
+    UPDATE {s}.internal_state SET running_count = running_count - (SELECT count(*) FROM o WHERE NOT standby) WHERE pool = $1
 )
 SELECT work_id FROM o`)
 }

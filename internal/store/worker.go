@@ -133,7 +133,7 @@ RETURNING id`)
 WITH hb AS (`+beatWorker("$1", "$4", "$6", "$7", "$5")+`
 ), c AS (
     SELECT ctid FROM {s}.running
-     WHERE pool = $1 AND claimed_by IS NULL AND fn_name = ANY($2::text[])
+     WHERE pool = $1 AND claimed_by IS NULL AND fn_name = ANY($2::text[]) AND NOT standby
      LIMIT $3
        FOR UPDATE SKIP LOCKED
 ), u AS (
@@ -149,8 +149,9 @@ SELECT u.work_id, u.attempt, u.fn_name, u.timeout_ms, COALESCE(w.args::text, '')
 	// recordResults queues a pending_completion for the loop for every
 	// fenced result (see recordFenced) and takes the shared kick lock.
 	register("recordResults", recordFenced("true")+`, pc AS (
-    INSERT INTO {s}.pending_completion (pool, segment, work_id, attempt, status, error, retry, run_ms)
-    SELECT $1, {now}, id, attempt, status, error, retry, run_ms FROM fenced
+    INSERT INTO {s}.pending_completion (pool, segment, work_id, attempt, status, error, retry, run_ms, successor)
+    SELECT $1, {now}, f.id, f.attempt, f.status, f.error, f.retry, f.run_ms, h.successor
+      FROM fenced f LEFT JOIN unnest($10::bigint[], $11::bigint[]) AS h(work_id, successor) ON h.work_id = f.id
 ), lk AS (
     SELECT pg_advisory_xact_lock_shared($9) AS locked
 )
@@ -184,11 +185,11 @@ SELECT f.id, f.attempts, f.status, f.retry, COALESCE(f.on_complete, ''), COALESC
            count(*) FILTER (WHERE status = 'failed') AS failed,
            count(*) FILTER (WHERE status = 'canceled') AS canceled
       FROM fenced WHERE NOT retry
-), `+freeSlots("SELECT id AS work_id FROM fenced WHERE NOT retry", `,
+), `+handOver("$9", "$10")+`, `+freeSlots("SELECT id AS work_id FROM fenced WHERE NOT retry", `,
            report_completed = report_completed + (SELECT count(*) FROM rn),
            report_succeeded = report_succeeded + (SELECT succeeded FROM ended),
            report_failed = report_failed + (SELECT failed FROM ended),
-           report_canceled = report_canceled + (SELECT canceled FROM ended)`)+`
+           report_canceled = report_canceled + (SELECT canceled FROM ended)`, handedOver)+`
 SELECT false, f.id, f.attempts, f.status, f.retry, COALESCE(f.on_complete, ''), COALESCE(f.ctx::text, ''),
        f.attempt, COALESCE(f.error, ''), COALESCE(f.run_ms, -1), '', ''
   FROM fenced f WHERE f.status <> 'success'
@@ -209,9 +210,9 @@ WITH r AS (
      WHERE `+attemptLive+` AND w.pool = $1
        AND w.on_complete IS NULL
     RETURNING w.id
-), `+freeSlots("SELECT id AS work_id FROM fenced", `,
+), `+handOver("$4", "$5")+`, `+freeSlots("SELECT id AS work_id FROM fenced", `,
            report_completed = report_completed + (SELECT count(*) FROM rn),
-           report_succeeded = report_succeeded + (SELECT count(*) FROM fenced)`)+`
+           report_succeeded = report_succeeded + (SELECT count(*) FROM fenced)`, handedOver)+`
 SELECT `+localSummary("SELECT id FROM fenced"))
 
 	register("finishDelete", `
@@ -243,7 +244,7 @@ SELECT EXTRACT(epoch FROM (
 
 	register("release", `
 UPDATE {s}.running SET claimed_by = NULL, claimed_at = NULL, deadline = NULL
- WHERE pool = $1 AND claimed_by = $2 AND work_id = ANY($3::bigint[])`)
+ WHERE pool = $1 AND claimed_by = $2 AND work_id = ANY($3::bigint[]) AND NOT standby`)
 
 	// releaseStranded un-claims attempts of the worker that it does not
 	// run, unless they reported meanwhile (the attempt fence of
@@ -251,9 +252,28 @@ UPDATE {s}.running SET claimed_by = NULL, claimed_at = NULL, deadline = NULL
 	register("releaseStranded", `
 UPDATE {s}.running r SET claimed_by = NULL, claimed_at = NULL, deadline = NULL
   FROM unnest($3::bigint[], $4::int[]) AS u(work_id, attempt)
- WHERE r.pool = $1 AND r.claimed_by = $2 AND r.work_id = u.work_id AND r.attempt = u.attempt
+ WHERE r.pool = $1 AND r.claimed_by = $2 AND r.work_id = u.work_id AND r.attempt = u.attempt AND NOT r.standby
    AND EXISTS (SELECT 1 FROM {s}.work w WHERE `+attemptLive+`)
 RETURNING r.work_id`)
+
+	// releaseStandbys gives standbys of the worker that it did not start
+	// back to pending_start, where they were (see LocalClaim.Standby), and
+	// takes the shared kick lock. A standby is not counted as running, so
+	// no count changes. The segment is kept, for the order of the backlog,
+	// unless it has fallen far behind the loop's start cursor.
+	register("releaseStandbys", `
+WITH d AS (
+    DELETE FROM {s}.running r
+     WHERE r.pool = $1 AND r.claimed_by = $2 AND r.work_id = ANY($3::bigint[]) AND r.standby
+    RETURNING r.work_id, r.segment, r.fn_name, r.label, r.attempt, r.timeout_ms
+), ins AS (
+    INSERT INTO {s}.pending_start (work_id, pool, segment, fn_name, label, attempt, timeout_ms)
+    SELECT work_id, $1, GREATEST(segment, {now} - 50), fn_name, label, attempt, timeout_ms FROM d
+    RETURNING work_id
+), lk AS (
+    SELECT pg_advisory_xact_lock_shared($4) AS locked
+)
+SELECT ins.work_id FROM ins, lk`)
 
 	register("canceledAmong", `
 SELECT id FROM {s}.work WHERE id = ANY($1::bigint[]) AND canceled`)
@@ -379,6 +399,8 @@ type Result struct {
 	// OnComplete says the work has an onComplete; it is not written, it
 	// tells a worker whether recording may need a transaction of its own.
 	OnComplete bool
+	// Successor is the standby this attempt's slot was handed to.
+	Successor int64
 	// Fn and Label are the attempt's, for the loop's events when it
 	// records the result itself (RecordLocalResultsOp); they are not
 	// written either.
@@ -401,6 +423,7 @@ type Recorded struct {
 // the rules) and takes the shared kick lock. Results for stale attempts are
 // absent from *out. Each work id must appear at most once.
 func (s *Store) RecordResultsOp(pool string, results []Result, kickLock int64, out *[]Recorded) Op {
+	preds, succs := handOvers(results)
 	return s.op("recordResults", func(r Row) error {
 		var rec Recorded
 		if err := r.Scan(&rec.WorkID, &rec.Attempts, &rec.Status, &rec.Retry, &rec.OnComplete, &rec.Context); err != nil {
@@ -408,7 +431,7 @@ func (s *Store) RecordResultsOp(pool string, results []Result, kickLock int64, o
 		}
 		*out = append(*out, rec)
 		return nil
-	}, append(resultArgs(pool, results), kickLock)...)
+	}, append(resultArgs(pool, results), kickLock, preds, succs)...)
 }
 
 // resultArgs returns the parameters $1-$8 of the record statements.
@@ -464,6 +487,8 @@ func (s *Store) RecordLocalResultsOp(pool string, results []Result, out *LocalRe
 	if args == nil {
 		name, args = "recordLocalResults", resultArgs(pool, results)
 	}
+	preds, succs := handOvers(results)
+	args = append(args, preds, succs)
 	return s.op(name, func(r Row) error {
 		rec, c = Recorded{}, Completion{}
 		if err := r.Scan(dest...); err != nil {
@@ -479,6 +504,37 @@ func (s *Store) RecordLocalResultsOp(pool string, results []Result, out *LocalRe
 		}
 		return nil
 	}, args...)
+}
+
+// handOver returns the CTE tr, which turns the standbys that fenced
+// results handed their slots to into running attempts (see Result.Successor):
+// preds and succs are the parameters of the pairs (handOvers). A result
+// that fails the fence hands nothing over; its slot was freed already.
+func handOver(preds, succs string) string {
+	return `tr AS (
+    UPDATE {s}.running x
+       SET standby = false, deadline = statement_timestamp() + x.timeout_ms * interval '1 millisecond'
+      FROM unnest(` + preds + `::bigint[], ` + succs + `::bigint[]) AS h(work_id, successor)
+     WHERE x.work_id = h.successor AND x.standby AND x.pool = $1
+       AND h.work_id IN (SELECT id FROM fenced)
+    RETURNING x.work_id
+)`
+}
+
+// handedOver is the term of freeSlots that keeps a slot handed over
+// counted.
+const handedOver = ` + (SELECT count(*) FROM tr)`
+
+// handOvers returns the (result, successor) pairs of results that handed
+// their slots over, as two arrays.
+func handOvers(results []Result) (preds, succs []int64) {
+	preds, succs = []int64{}, []int64{}
+	for _, r := range results {
+		if r.Successor != 0 {
+			preds, succs = append(preds, r.WorkID), append(succs, r.Successor)
+		}
+	}
+	return preds, succs
 }
 
 // localSummary returns the select list of the summary row that both
@@ -622,6 +678,14 @@ func (s *Store) NextFinishing(ctx context.Context, q Querier, pool string, handl
 func (s *Store) Release(ctx context.Context, q Querier, pool string, workerID int64, ids []int64) error {
 	_, err := q.ExecContext(ctx, s.sql("release"), pool, workerID, ids)
 	return err
+}
+
+// ReleaseStandbys gives the given standbys of workerID back to
+// pending_start and returns the work ids it gave back.
+func (s *Store) ReleaseStandbys(ctx context.Context, q Querier, pool string, workerID int64, ids []int64, kickLock int64) ([]int64, error) {
+	var out []int64
+	err := Run(ctx, q, s.op("releaseStandbys", scanIDs(&out), pool, workerID, ids, kickLock))
+	return out, err
 }
 
 // CanceledAmong returns which of ids have been marked canceled.
