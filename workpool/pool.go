@@ -56,13 +56,14 @@ type Pool struct {
 	// can ignore their notifications while it leads (store.KickSource).
 	origin string
 
-	// beforeLeadingWrite, if set (by tests), runs when writeTogether found
-	// this process leading, before its transaction.
 	// standbyHold is how long a standby waits for a slot (standbyHoldDefault;
 	// tests shorten or lengthen it before Start).
 	standbyHold time.Duration
 	// handOffs counts the slots handed to standbys, for tests.
-	handOffs           atomic.Int64
+	handOffs atomic.Int64
+
+	// beforeLeadingWrite, if set (by tests), runs when writeTogether found
+	// this process leading, before its transaction.
 	beforeLeadingWrite func()
 }
 

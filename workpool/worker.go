@@ -86,7 +86,7 @@ type running struct {
 	// standbys are attempts the loop claimed for this process beyond the
 	// pool's free slots, in the order they are due: a handler that ends
 	// hands its slot to the first of them at once (see handOff). Those not
-	// started within standbyHoldDefault are given back (expireStandbys).
+	// started within the pool's standbyHold are given back (expireStandbys).
 	standbys []standby
 	// standbyAsked counts the standbys asked for by iterations in flight.
 	standbyAsked int
@@ -313,13 +313,9 @@ func (r *running) stop(ctx context.Context) error {
 	// The loop's last iteration may have delivered standbys after Stop
 	// began; none of them starts now.
 	r.mu.Lock()
-	standbyIDs := make([]int64, 0, len(r.standbys))
-	for _, st := range r.standbys {
-		standbyIDs = append(standbyIDs, st.WorkID)
-	}
-	r.standbys = nil
+	left := r.dropStandbys(func(standby) bool { return true })
 	r.mu.Unlock()
-	r.releaseStandbys(finalCtx, standbyIDs)
+	r.releaseStandbys(finalCtx, left)
 	if derr := p.store.DeregisterWorker(finalCtx, p.sqlDB, r.worker.ID); derr != nil {
 		p.log.Warn(finalCtx, "stop: could not remove worker row", "error", derr)
 	}
@@ -498,11 +494,7 @@ func (r *running) Deliver(claim store.LocalClaim, starts []store.Start) {
 	}
 	var closed []int64
 	if claim.Closed {
-		for _, st := range r.standbys {
-			closed = append(closed, st.WorkID)
-		}
-		clear(r.standbys)
-		r.standbys = r.standbys[:0]
+		closed = r.dropStandbys(func(standby) bool { return true })
 	}
 	r.mu.Unlock()
 	if len(closed) > 0 {
@@ -740,26 +732,27 @@ func (r *running) handOff(res *store.Result) *attempt {
 // them, as a canceled attempt that had started would end; r.mu is held.
 // Their result frees nothing: a standby holds no counted slot.
 func (r *running) cancelStandbys(isCanceled map[int64]bool) {
-	keep := r.standbys[:0]
-	for _, st := range r.standbys {
-		if !isCanceled[st.WorkID] {
-			keep = append(keep, st)
-			continue
+	var canceled []standby
+	r.dropStandbys(func(st standby) bool {
+		if isCanceled[st.WorkID] {
+			canceled = append(canceled, st)
+			return true
 		}
+		return false
+	})
+	for _, st := range canceled {
 		r.queueResult(attemptKey{st.WorkID, st.Attempt}, store.Result{WorkID: st.WorkID, Attempt: st.Attempt,
 			Status: "canceled", OnComplete: st.HasOnComplete, Fn: st.Fn, Label: st.Label})
 	}
-	clear(r.standbys[len(keep):])
-	r.standbys = keep
 }
 
-// expireStandbys gives back the standbys that waited their hold.
-func (r *running) expireStandbys() {
-	r.mu.Lock()
+// dropStandbys removes the standbys that drop selects and returns their
+// work ids; r.mu is held.
+func (r *running) dropStandbys(drop func(standby) bool) []int64 {
 	var ids []int64
 	keep := r.standbys[:0]
 	for _, st := range r.standbys {
-		if time.Since(st.at) >= r.p.standbyHold || r.stopping {
+		if drop(st) {
 			ids = append(ids, st.WorkID)
 		} else {
 			keep = append(keep, st)
@@ -767,6 +760,13 @@ func (r *running) expireStandbys() {
 	}
 	clear(r.standbys[len(keep):])
 	r.standbys = keep
+	return ids
+}
+
+// expireStandbys gives back the standbys that waited their hold.
+func (r *running) expireStandbys() {
+	r.mu.Lock()
+	ids := r.dropStandbys(func(st standby) bool { return time.Since(st.at) >= r.p.standbyHold || r.stopping })
 	r.mu.Unlock()
 	r.releaseStandbys(r.bgCtx, ids)
 }

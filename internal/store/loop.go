@@ -72,14 +72,7 @@ WITH pc AS (
          WHERE pool = $1 AND segment >= $2 AND segment <= $3
          ORDER BY segment LIMIT $4))
     RETURNING work_id, attempt, status, error, retry, run_ms, segment, successor
-), tr AS (
-    -- Standbys that a result recorded outside the loop handed its slot to
-    -- (see handOver): the slot stays counted for them.
-    UPDATE {s}.running x
-       SET standby = false, deadline = statement_timestamp() + x.timeout_ms * interval '1 millisecond'
-     WHERE x.work_id IN (SELECT successor FROM pc WHERE successor IS NOT NULL) AND x.standby AND x.pool = $1
-    RETURNING x.work_id
-), `+freeSlots("SELECT work_id FROM pc", "", handedOver)+`, c AS (
+), `+handOver("SELECT successor FROM pc WHERE successor IS NOT NULL")+`, `+freeSlots("SELECT work_id FROM pc", "", handedOver)+`, c AS (
     SELECT pc.work_id, pc.attempt, pc.status, pc.error, pc.retry, pc.run_ms, pc.segment,
            NULL::text AS fn_name, NULL::text AS label, false AS marker FROM pc
     UNION ALL
@@ -238,15 +231,13 @@ func startWork(checked bool) string {
      WHERE r.found IS NULL`
 	}
 	return `WITH lim AS (
-    SELECT LEAST($4::int, GREATEST(0,
-               (SELECT max_parallelism FROM {s}.config WHERE pool = $1)
-             - (SELECT running_count FROM {s}.internal_state WHERE pool = $1))) AS n
-), sb AS (
     -- Standbys only for a pool that this statement fills to its limit: a
     -- paused pool, or one whose limit was lowered below what runs, has
     -- no slot to hand on.
-    SELECT CASE WHEN c.max_parallelism > 0 AND s.running_count <= c.max_parallelism THEN $15::int ELSE 0 END AS n
-      FROM {s}.config c, {s}.internal_state s WHERE c.pool = $1 AND s.pool = $1
+    SELECT LEAST($4::int, GREATEST(0, m - r)) AS n,
+           CASE WHEN m > 0 AND r <= m THEN $15::int ELSE 0 END AS standbys
+      FROM (SELECT (SELECT max_parallelism FROM {s}.config WHERE pool = $1) AS m,
+                   (SELECT running_count FROM {s}.internal_state WHERE pool = $1) AS r) x
 ), cans AS (
     -- Whether the pool has cancels that no iteration has taken yet (see
     -- startWork): only then is each row probed for one.
@@ -256,7 +247,7 @@ func startWork(checked bool) string {
         SELECT p.ctid FROM (
             SELECT ctid, work_id FROM {s}.pending_start
              WHERE pool = $1 AND segment >= $2 AND segment <= LEAST($3::bigint, {now})
-             ORDER BY segment LIMIT (SELECT n FROM lim) + (SELECT n FROM sb)) p
+             ORDER BY segment LIMIT (SELECT n FROM lim) + (SELECT standbys FROM lim)) p
          WHERE CASE WHEN (SELECT found FROM cans)
                     THEN NOT ` + cancelPending("p.work_id") + `
                     ELSE true END))
@@ -266,10 +257,10 @@ func startWork(checked bool) string {
     -- standbys of the local worker (see LocalClaim.Standby); those of
     -- functions it has not registered go back where they were.
     -- Two branches, so that the sort is not run when none is asked for.
-    SELECT ps.*, false AS standby FROM ps WHERE (SELECT n FROM sb) = 0
+    SELECT ps.*, false AS standby FROM ps WHERE (SELECT standbys FROM lim) = 0
     UNION ALL
     SELECT ps.*, row_number() OVER (ORDER BY segment, work_id) > (SELECT n FROM lim)
-      FROM ps WHERE (SELECT n FROM sb) > 0
+      FROM ps WHERE (SELECT standbys FROM lim) > 0
 ), back AS (
     INSERT INTO {s}.pending_start (work_id, pool, segment, fn_name, label, attempt, timeout_ms)
     SELECT work_id, $1, segment, fn_name, label, attempt, timeout_ms

@@ -185,7 +185,7 @@ SELECT f.id, f.attempts, f.status, f.retry, COALESCE(f.on_complete, ''), COALESC
            count(*) FILTER (WHERE status = 'failed') AS failed,
            count(*) FILTER (WHERE status = 'canceled') AS canceled
       FROM fenced WHERE NOT retry
-), `+handOver("$9", "$10")+`, `+freeSlots("SELECT id AS work_id FROM fenced WHERE NOT retry", `,
+), `+handOver(fencedSuccessors("$9", "$10"))+`, `+freeSlots("SELECT id AS work_id FROM fenced WHERE NOT retry", `,
            report_completed = report_completed + (SELECT count(*) FROM rn),
            report_succeeded = report_succeeded + (SELECT succeeded FROM ended),
            report_failed = report_failed + (SELECT failed FROM ended),
@@ -210,7 +210,7 @@ WITH r AS (
      WHERE `+attemptLive+` AND w.pool = $1
        AND w.on_complete IS NULL
     RETURNING w.id
-), `+handOver("$4", "$5")+`, `+freeSlots("SELECT id AS work_id FROM fenced", `,
+), `+handOver(fencedSuccessors("$4", "$5"))+`, `+freeSlots("SELECT id AS work_id FROM fenced", `,
            report_completed = report_completed + (SELECT count(*) FROM rn),
            report_succeeded = report_succeeded + (SELECT count(*) FROM fenced)`, handedOver)+`
 SELECT `+localSummary("SELECT id FROM fenced"))
@@ -506,19 +506,27 @@ func (s *Store) RecordLocalResultsOp(pool string, results []Result, out *LocalRe
 	}, args...)
 }
 
-// handOver returns the CTE tr, which turns the standbys that fenced
-// results handed their slots to into running attempts (see Result.Successor):
-// preds and succs are the parameters of the pairs (handOvers). A result
-// that fails the fence hands nothing over; its slot was freed already.
-func handOver(preds, succs string) string {
+// handOver returns the CTE tr, which turns into running attempts the
+// standbys that the query successors (a column successor) names, as results
+// handed their slots to them (see Result.Successor). Both the loop's own
+// recording of results and its completion phase, for results recorded
+// outside it, hand over through it.
+func handOver(successors string) string {
 	return `tr AS (
     UPDATE {s}.running x
        SET standby = false, deadline = statement_timestamp() + x.timeout_ms * interval '1 millisecond'
-      FROM unnest(` + preds + `::bigint[], ` + succs + `::bigint[]) AS h(work_id, successor)
-     WHERE x.work_id = h.successor AND x.standby AND x.pool = $1
-       AND h.work_id IN (SELECT id FROM fenced)
+     WHERE x.work_id IN (` + successors + `) AND x.standby AND x.pool = $1
     RETURNING x.work_id
 )`
+}
+
+// fencedSuccessors returns the query for handOver of the successors that
+// the (result, successor) pairs in the parameters preds and succs name
+// (handOvers), for the results that passed the fence: one that fails it
+// hands nothing over, as its slot was freed already.
+func fencedSuccessors(preds, succs string) string {
+	return `SELECT h.successor FROM unnest(` + preds + `::bigint[], ` + succs + `::bigint[]) AS h(work_id, successor)
+         WHERE h.work_id IN (SELECT id FROM fenced)`
 }
 
 // handedOver is the term of freeSlots that keeps a slot handed over
