@@ -1,6 +1,8 @@
 package loop_test
 
 import (
+	"database/sql"
+	"fmt"
 	"math"
 	"strings"
 	"testing"
@@ -64,27 +66,9 @@ func TestStatementsIgnoreStaleStatistics(t *testing.T) {
 	require.NoError(t, err)
 	defer func() { _ = tx.Rollback() }()
 	require.NoError(t, store.Run(s.ctx, tx, store.PlanSettings()))
-	// entriesRead runs op and returns how many entries it read from each
-	// index.
 	entriesRead := func(op func() error, indexes ...string) map[string]int64 {
 		t.Helper()
-		count := func() map[string]int64 {
-			m := make(map[string]int64, len(indexes))
-			for _, ix := range indexes {
-				var n int64
-				require.NoError(t, tx.QueryRowContext(s.ctx,
-					"SELECT pg_stat_get_xact_tuples_returned(to_regclass($1))", s.schema+"."+ix).Scan(&n))
-				m[ix] = n
-			}
-			return m
-		}
-		before := count()
-		require.NoError(t, op())
-		after := count()
-		for ix := range after {
-			after[ix] -= before[ix]
-		}
-		return after
+		return indexEntriesRead(t, tx, s.schema, op, indexes...)
 	}
 
 	var pending store.Pending
@@ -117,4 +101,73 @@ func TestStatementsIgnoreStaleStatistics(t *testing.T) {
 	}, "work_pkey")
 	assert.Len(t, statuses, handled)
 	assert.LessOrEqual(t, got["work_pkey"], int64(3*handled), "probes of work per status")
+}
+
+// indexEntriesRead runs op in tx and returns how many entries it read from
+// each of the schema's indexes, by the transaction's own statistics.
+func indexEntriesRead(t *testing.T, tx *sql.Tx, schema string, op func() error, indexes ...string) map[string]int64 {
+	t.Helper()
+	count := func() map[string]int64 {
+		m := make(map[string]int64, len(indexes))
+		for _, ix := range indexes {
+			var n int64
+			require.NoError(t, tx.QueryRow("SELECT pg_stat_get_xact_tuples_returned(to_regclass($1))", schema+"."+ix).Scan(&n))
+			m[ix] = n
+		}
+		return m
+	}
+	before := count()
+	require.NoError(t, op())
+	after := count()
+	for ix := range after {
+		after[ix] -= before[ix]
+	}
+	return after
+}
+
+// TestStartFindsWorkByItsLocation checks the hint the start statement reads
+// arguments by (pending_start.work_ctid): work found where it was written
+// costs no descent of work's primary key, whose depth grows with the
+// backlog, and work that moved since (any update writes a new row version)
+// is still found, by the key. Without the hint every started row probes
+// the key.
+func TestStartFindsWorkByItsLocation(t *testing.T) {
+	t.Parallel()
+	s := newPoolSchema(t)
+	const n, moved = 50, 10
+	args, labels, contexts := make([]string, n), make([]string, n), make([]string, n)
+	for i := range args {
+		args[i] = fmt.Sprintf(`{"i": %d}`, i)
+	}
+	ids, _, err := s.st.InsertWork(s.ctx, s.sqlDB, store.NewWork{
+		WorkOptions: store.WorkOptions{Pool: pool, Fn: "fn", MaxAttempts: 1, BackoffBase: 2, TimeoutMs: 60000},
+		Labels:      labels, Args: args, Contexts: contexts,
+	}, 1)
+	require.NoError(t, err)
+	require.Len(t, ids, n)
+	s.exec("UPDATE {s}.config SET max_parallelism = ? WHERE pool = ?", n, pool)
+	s.exec("UPDATE {s}.work SET label = 'moved' WHERE id <= ?", ids[moved-1])
+	workerID, err := s.st.RegisterWorker(s.ctx, s.sqlDB, pool, "host", 1)
+	require.NoError(t, err)
+
+	tx, err := s.sqlDB.BeginTx(s.ctx, nil)
+	require.NoError(t, err)
+	defer func() { _ = tx.Rollback() }()
+	require.NoError(t, store.Run(s.ctx, tx, store.PlanSettings()))
+	var starts store.Starts
+	local := store.LocalClaim{Worker: store.Worker{ID: workerID, Host: "host", PID: 1}, Fns: []string{"fn"}, Slots: n, Listeners: "listeners"}
+	got := indexEntriesRead(t, tx, s.schema, func() error {
+		return store.Run(s.ctx, tx, s.st.StartWorkOp(pool, store.Range{From: 0, To: math.MaxInt64}, n, local, false, "channel", &starts))
+	}, "work_pkey")
+
+	require.Len(t, starts.Rows, n)
+	want := make(map[int64]string, n)
+	for i, id := range ids {
+		want[id] = args[i]
+	}
+	for _, st := range starts.Rows {
+		assert.True(t, st.Mine, "work %d", st.WorkID)
+		assert.JSONEq(t, want[st.WorkID], st.Args, "work %d", st.WorkID)
+	}
+	assert.Equal(t, int64(moved), got["work_pkey"], "only the moved rows are looked up by key")
 }

@@ -35,9 +35,10 @@ WITH a AS (
     INSERT INTO {s}.work (id, pool, fn_name, label, args, max_attempts, initial_backoff_ms,
                           backoff_base, timeout_ms, on_complete, on_complete_context)
     SELECT a.id, $6, $7, a.label, a.args::jsonb, $8, $9, $10, $11, $12, NULLIF(a.ctx, '')::jsonb FROM a
+    RETURNING id, label, ctid
 ), ps AS (
-    INSERT INTO {s}.pending_start (work_id, pool, segment, fn_name, label, attempt, timeout_ms)
-    SELECT a.id, $6, seg.segment, $7, a.label, 0, $11 FROM a, seg
+    INSERT INTO {s}.pending_start (work_id, pool, segment, fn_name, label, attempt, timeout_ms, work_ctid)
+    SELECT w.id, $6, seg.segment, $7, w.label, 0, $11, w.ctid FROM w, seg
 ), lk AS (
     SELECT pg_advisory_xact_lock_shared($13) AS locked
 )

@@ -1,0 +1,1 @@
+ALTER TABLE {{.Schema}}.pending_start DROP COLUMN IF EXISTS work_ctid;
