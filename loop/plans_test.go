@@ -1,6 +1,7 @@
 package loop_test
 
 import (
+	"context"
 	"database/sql"
 	"fmt"
 	"math"
@@ -68,7 +69,7 @@ func TestStatementsIgnoreStaleStatistics(t *testing.T) {
 	require.NoError(t, store.Run(s.ctx, tx, store.PlanSettings()))
 	entriesRead := func(op func() error, indexes ...string) map[string]int64 {
 		t.Helper()
-		return indexEntriesRead(t, tx, s.schema, op, indexes...)
+		return indexEntriesRead(t, s.ctx, tx, s.schema, op, indexes...)
 	}
 
 	var pending store.Pending
@@ -105,13 +106,13 @@ func TestStatementsIgnoreStaleStatistics(t *testing.T) {
 
 // indexEntriesRead runs op in tx and returns how many entries it read from
 // each of the schema's indexes, by the transaction's own statistics.
-func indexEntriesRead(t *testing.T, tx *sql.Tx, schema string, op func() error, indexes ...string) map[string]int64 {
+func indexEntriesRead(t *testing.T, ctx context.Context, tx *sql.Tx, schema string, op func() error, indexes ...string) map[string]int64 {
 	t.Helper()
 	count := func() map[string]int64 {
 		m := make(map[string]int64, len(indexes))
 		for _, ix := range indexes {
 			var n int64
-			require.NoError(t, tx.QueryRow("SELECT pg_stat_get_xact_tuples_returned(to_regclass($1))", schema+"."+ix).Scan(&n))
+			require.NoError(t, tx.QueryRowContext(ctx, "SELECT pg_stat_get_xact_tuples_returned(to_regclass($1))", schema+"."+ix).Scan(&n))
 			m[ix] = n
 		}
 		return m
@@ -156,7 +157,7 @@ func TestStartFindsWorkByItsLocation(t *testing.T) {
 	require.NoError(t, store.Run(s.ctx, tx, store.PlanSettings()))
 	var starts store.Starts
 	local := store.LocalClaim{Worker: store.Worker{ID: workerID, Host: "host", PID: 1}, Fns: []string{"fn"}, Slots: n, Listeners: "listeners"}
-	got := indexEntriesRead(t, tx, s.schema, func() error {
+	got := indexEntriesRead(t, s.ctx, tx, s.schema, func() error {
 		return store.Run(s.ctx, tx, s.st.StartWorkOp(pool, store.Range{From: 0, To: math.MaxInt64}, n, local, false, "channel", &starts))
 	}, "work_pkey")
 
