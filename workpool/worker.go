@@ -917,11 +917,11 @@ func (r *running) releaseStranded(stranded []store.ClaimedAttempt) {
 	p := r.p
 	// A stranded standby (its claim's answer was lost) goes back to
 	// pending_start; the statement below leaves standbys alone.
-	standbyIDs := make([]int64, len(stranded))
+	strandedIDs := make([]int64, len(stranded))
 	for i, c := range stranded {
-		standbyIDs[i] = c.WorkID
+		strandedIDs[i] = c.WorkID
 	}
-	r.releaseStandbys(r.bgCtx, standbyIDs)
+	r.releaseStandbys(r.bgCtx, strandedIDs)
 	ids, err := p.store.ReleaseStranded(r.bgCtx, p.sqlDB, p.cfg.Name, r.worker.ID, stranded)
 	if err != nil {
 		p.log.Warn(r.bgCtx, "worker: cannot release stranded claims", "error", err)
