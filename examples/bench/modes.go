@@ -294,6 +294,8 @@ func (e *env) backlog(ctx context.Context, sys system, res *result) error {
 	res.set("jobs_per_s", withBacklog.jobsPerS)
 	res.set("ratio", withBacklog.jobsPerS/empty.jobsPerS)
 	res.set("durable_ratio", withBacklog.durablePS/empty.durablePS)
+	res.set("first_job_ms_empty", float64(empty.first.Microseconds())/1000)
+	res.set("first_job_ms_backlog", float64(withBacklog.first.Microseconds())/1000)
 	res.set("backlog_insert_rows_per_s", float64(e.o.backlogRows)/insert.Seconds())
 	return nil
 }

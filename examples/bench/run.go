@@ -73,6 +73,8 @@ var modeMetrics = map[string][]metric{
 		{key: "jobs_per_s_empty", label: "jobs/s without backlog", higherBetter: true, primary: true},
 		{key: "jobs_per_s_backlog", label: "jobs/s with backlog", higherBetter: true, primary: true},
 		{key: "durable_ratio", label: "backlog ratio, durable jobs/s", higherBetter: true},
+		{key: "first_job_ms_empty", label: "Start to the first handler's start without backlog, ms", higherBetter: false},
+		{key: "first_job_ms_backlog", label: "Start to the first handler's start with backlog, ms", higherBetter: false},
 		{key: "backlog_insert_rows_per_s", label: "future rows inserted/s", higherBetter: true},
 		walMetric,
 	},
